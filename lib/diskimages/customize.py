@@ -1,0 +1,238 @@
+"""Customisation of a root file system from the recipe, shared by every rootfs-based tool.
+
+`render_script(recipe)` gives one POSIX shell script (users, sudo, autologin, hostname, locale, time zone,
+keyboard, network, services, overlay files, the recipe's own scripts, image hygiene). Tools that run commands
+inside the image (mmdebstrap, debos `run`, mkosi postinst, cloud-init, Packer's shell provisioner) run this same
+script, so every tool applies the recipe identically. Passwords given by environment variable never appear in
+the script: they reach it in the environment of the process that runs it.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from .chroot import chroot_run
+from .distros import get_distro
+from .recipe import Recipe, RecipeError
+
+STAGE = "/var/tmp/diskimages"   # inside the image while customising; removed afterwards
+
+SSH_KEYGEN_UNIT = """\
+[Unit]
+Description=Generate SSH host keys on first boot (diskimages)
+Before=ssh.service
+ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+RemainAfterExit=yes
+
+[Install]
+WantedBy=multi-user.target ssh.service
+"""
+
+NETWORKD_DHCP = """\
+[Match]
+Name=en* eth*
+
+[Network]
+DHCP=yes
+"""
+
+
+def password_env_vars(recipe: Recipe) -> dict[str, str]:
+    """{script variable: value} for users whose password comes from the build host's environment."""
+    out = {}
+    for i, u in enumerate(recipe.users):
+        if u.password_env:
+            value = os.environ.get(u.password_env)
+            if not value:
+                raise RecipeError(recipe.source, f"users.{i}.password_env",
+                                  f"environment variable {u.password_env} is not set (it must hold the password "
+                                  f"for user {u.name} at build time)")
+            out[f"DISKIMAGES_PASSWORD_{i}"] = value
+    return out
+
+
+def _q(s: str) -> str:
+    return shlex.quote(str(s))
+
+
+def _write(path: str, text: str, mode: str = "0644") -> str:
+    return (f"mkdir -p {_q(os.path.dirname(path))}\n"
+            f"cat > {_q(path)} <<'DISKIMAGES_EOF'\n{text.rstrip()}\nDISKIMAGES_EOF\n"
+            f"chmod {mode} {_q(path)}\n")
+
+
+def render_script(recipe: Recipe) -> str:
+    distro = get_distro(recipe.distro)
+    desk = distro.desktops[recipe.desktop]
+    s = ["#!/bin/sh",
+         f"# diskimages customisation for recipe {recipe.name} (rendered from the recipe; do not edit)",
+         "set -eu", 'step() { echo "diskimages: $*"; }', ""]
+    add = s.append
+
+    def step(text: str) -> None:
+        add(f"step {_q(text)}")
+
+    step("hostname")
+    add(_write("/etc/hostname", recipe.hostname))
+    add(_write("/etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{recipe.hostname}\n"
+                             "::1\tlocalhost ip6-localhost ip6-loopback\n"))
+
+    step("locale")
+    if recipe.locale.split(".")[0] != "C":
+        charset = "UTF-8" if recipe.locale.endswith("UTF-8") else "ISO-8859-1"
+        add(_write("/etc/locale.gen", f"{recipe.locale} {charset}"))
+        add("locale-gen")
+    add(_write("/etc/default/locale", f"LANG={recipe.locale}"))
+
+    step("timezone")
+    add(f"ln -sf {_q('/usr/share/zoneinfo/' + recipe.timezone)} /etc/localtime")
+    add(_write("/etc/timezone", recipe.timezone))
+
+    step("keyboard")
+    layout, _, variant = recipe.keyboard.partition("(")
+    add(_write("/etc/default/keyboard", f'XKBMODEL="pc105"\nXKBLAYOUT="{layout}"\n'
+                                        f'XKBVARIANT="{variant.rstrip(")")}"\nXKBOPTIONS=""\nBACKSPACE="guess"'))
+
+    step("overlay files")
+    add(f"if [ -d {STAGE}/files ]; then cp -dR --preserve=mode,timestamps,links {STAGE}/files/. /; fi")
+
+    step("users")
+    add("passwd -l root >/dev/null")
+    for i, u in enumerate(recipe.users):
+        groups = list(u.groups) + ([distro.sudo_group] if u.sudo else [])
+        for g in dict.fromkeys(groups):
+            add(f"getent group {_q(g)} >/dev/null || groupadd {_q(g)}")
+        gopt = f" -G {_q(','.join(dict.fromkeys(groups)))}" if groups else ""
+        add(f"useradd -m -u {recipe.user_uid(u.name)} -s {_q(u.shell)}{gopt} {_q(u.name)} 2>&1 "
+            "| grep -v 'home directory already exists' || true")
+        add(f"id {_q(u.name)} >/dev/null")
+        add(f"cp -an /etc/skel/. {_q('/home/' + u.name + '/')}")
+        add(f"chown -R {_q(u.name)}: {_q('/home/' + u.name)}")
+        if u.password_hash:
+            add(f"usermod -p {_q(u.password_hash)} {_q(u.name)}")
+        elif u.password_env:
+            add(f'printf "%s:%s\\n" {_q(u.name)} "$DISKIMAGES_PASSWORD_{i}" | chpasswd')
+        else:
+            add(f"passwd -l {_q(u.name)} >/dev/null")
+        if u.sudo_nopasswd:
+            add(_write(f"/etc/sudoers.d/90-diskimages-{u.name}", f"{u.name} ALL=(ALL) NOPASSWD:ALL", "0440"))
+
+    if recipe.autologin:
+        step(f"autologin {recipe.autologin} ({desk.display_manager or 'console'})")
+        add(_autologin(recipe.autologin, desk.display_manager, desk.session))
+
+    step("network")
+    add("if [ ! -x /usr/sbin/NetworkManager ]; then")
+    add(_write("/etc/systemd/network/80-diskimages-dhcp.network", NETWORKD_DHCP))
+    add("  systemctl enable systemd-networkd.service")
+    add("  if [ -f /lib/systemd/system/systemd-resolved.service ]; then systemctl enable systemd-resolved.service; fi")
+    add("fi")
+
+    step("ssh host keys are generated at first boot")
+    add("if [ -x /usr/sbin/sshd ]; then")
+    add(_write("/etc/systemd/system/diskimages-ssh-keygen.service", SSH_KEYGEN_UNIT))
+    add("  systemctl enable diskimages-ssh-keygen.service")
+    add("fi")
+
+    if recipe.services:
+        step("services")
+        for svc in recipe.services:
+            add(f"systemctl enable {_q(svc)}")
+    add(f"systemctl set-default {'graphical' if desk.display_manager else 'multi-user'}.target")
+
+    for i, path in enumerate(recipe.scripts):
+        step(f"script {path}")
+        add(f"(cd / && {STAGE}/scripts/{i} )")
+
+    step("hygiene: no machine-id, host keys, caches or logs baked in")
+    add("apt-get clean")
+    add("rm -rf /var/lib/apt/lists/* && mkdir -p /var/lib/apt/lists/partial")
+    add("rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub")
+    add(": > /etc/machine-id")
+    add("if [ -d /var/lib/dbus ]; then ln -sf /etc/machine-id /var/lib/dbus/machine-id; fi")
+    add("rm -f /var/lib/systemd/random-seed /var/cache/debconf/*-old /var/lib/dpkg/*-old /root/.bash_history")
+    add("find /var/log -type f -exec truncate -s 0 {} +")
+    step("done")
+    return "\n".join(s) + "\n"
+
+
+def _autologin(user: str, dm: Optional[str], session: Optional[str]) -> str:
+    if dm == "lightdm":
+        return ("getent group autologin >/dev/null || groupadd -r autologin\n"
+                f"gpasswd -a {_q(user)} autologin >/dev/null\n" +
+                _write("/etc/lightdm/lightdm.conf.d/50-diskimages-autologin.conf",
+                       f"[Seat:*]\nautologin-user={user}\nautologin-user-timeout=0\nautologin-session={session}"))
+    if dm == "gdm3":
+        return _write("/etc/gdm3/daemon.conf",
+                      f"[daemon]\nAutomaticLoginEnable=true\nAutomaticLogin={user}\n\n[security]\n\n[xdmcp]\n")
+    if dm == "sddm":
+        return _write("/etc/sddm.conf.d/50-diskimages-autologin.conf",
+                      f"[Autologin]\nUser={user}\nSession={session}.desktop")
+    return _write("/etc/systemd/system/getty@tty1.service.d/50-diskimages-autologin.conf",
+                  f"[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin {user} --noclear %I $TERM")
+
+
+def stage(recipe: Recipe, rootfs: Path) -> Path:
+    """Copy the rendered script, overlay files and the recipe's scripts into the image's staging folder."""
+    st = rootfs / STAGE.lstrip("/")
+    if st.exists():
+        shutil.rmtree(st)
+    (st / "scripts").mkdir(parents=True)
+    (st / "customize.sh").write_text(render_script(recipe))
+    (st / "customize.sh").chmod(0o755)
+    for i, p in enumerate(recipe.script_paths):
+        shutil.copy(p, st / "scripts" / str(i))
+        (st / "scripts" / str(i)).chmod(0o755)
+    if recipe.files_dir:
+        shutil.copytree(recipe.files_dir, st / "files", symlinks=True)
+    return st
+
+
+class _HostResolver:
+    """Give the tree the host's resolv.conf while customising (scripts may apt-get install) and put back
+    exactly what was there before (a file, a symlink such as systemd-resolved's, or nothing)."""
+
+    def __init__(self, rootfs: Path):
+        self.path = rootfs / "etc/resolv.conf"
+        self.saved = rootfs / "etc/.resolv.conf.diskimages"
+
+    def __enter__(self):
+        if os.path.lexists(self.path):
+            os.rename(self.path, self.saved)
+        if os.path.exists("/etc/resolv.conf"):
+            shutil.copy("/etc/resolv.conf", self.path)
+        return self
+
+    def __exit__(self, *exc):
+        if os.path.lexists(self.path):
+            os.unlink(self.path)
+        if os.path.lexists(self.saved):
+            os.rename(self.saved, self.path)
+
+
+POLICY_RC_D = "#!/bin/sh\n# diskimages: no services start while the image is customised\nexit 101\n"
+
+
+def apply(recipe: Recipe, rootfs: Path, *, log: Optional[Path] = None, on_line=None) -> None:
+    """Run the recipe's customisation inside `rootfs` (a private mount namespace; nothing leaks)."""
+    env = password_env_vars(recipe)
+    st = stage(recipe, rootfs)
+    policy = rootfs / "usr/sbin/policy-rc.d"
+    had_policy = policy.exists()
+    try:
+        if not had_policy:
+            policy.write_text(POLICY_RC_D)
+            policy.chmod(0o755)
+        with _HostResolver(rootfs):
+            chroot_run(rootfs, ["/bin/sh", f"{STAGE}/customize.sh"], log=log, env=env, on_line=on_line)
+    finally:
+        if not had_policy and policy.exists():
+            policy.unlink()
+        shutil.rmtree(st, ignore_errors=True)

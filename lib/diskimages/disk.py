@@ -1,0 +1,243 @@
+"""Disk assembly: a root file system tree -> a partitioned raw disk that boots on BIOS and/or UEFI.
+
+No loop devices, no mounts, no partition scanning, no VM, so it works the same on every host (including
+kernels without vfat, partition parsers or device-mapper):
+  * GPT written by sfdisk into a sparse file;
+  * the root ext4 made and populated in place by `mkfs.ext4 -E offset=... -d TREE`;
+  * the ESP made by `mkfs.fat --offset`, filled with mtools;
+  * GRUB images made by the image's own grub-mkimage (so the boot loader matches the image's release):
+    x86_64-efi as the removable-media path EFI/BOOT/BOOTX64.EFI, i386-pc core.img embedded in the BIOS boot
+    partition with boot.img in the MBR (what grub-bios-setup does, which refuses plain files).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from . import runner
+from .chroot import chroot_run
+from .recipe import Recipe
+
+SECTOR = 512
+BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
+ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+SERIAL_CONSOLE = "console=tty0 console=ttyS0,115200n8"
+GRUB_MODULES = ("part_gpt part_msdos ext2 fat search search_fs_uuid search_label normal linux configfile echo test "
+                "all_video gzio serial terminal ls cat").split()
+ASSEMBLY_METHOD = "loop-free: sfdisk + mkfs.ext4 -d at offset + mkfs.fat/mtools + grub-mkimage"
+
+
+@dataclass
+class Partition:
+    name: str
+    type: str
+    start: int = 0   # sectors
+    size: int = 0    # sectors
+
+    @property
+    def offset(self) -> int:
+        return self.start * SECTOR
+
+
+@dataclass
+class Layout:
+    partitions: list[Partition] = field(default_factory=list)
+    root_uuid: str = ""
+    esp_id: str = ""
+
+    def get(self, name: str) -> Optional[Partition]:
+        return next((p for p in self.partitions if p.name == name), None)
+
+
+def kernel_version(rootfs: Path) -> str:
+    kernels = sorted((p.name.removeprefix("vmlinuz-") for p in (rootfs / "boot").glob("vmlinuz-*")),
+                     key=_version_key)
+    if not kernels:
+        raise RuntimeError(f"no kernel in {rootfs}/boot: the image needs a kernel package (linux-image-*)")
+    return kernels[-1]
+
+
+def _version_key(v: str):
+    import re
+    return [int(x) if x.isdigit() else x for x in re.split(r"[.-]", v)]
+
+
+def ensure_initrd(rootfs: Path, kver: str, log: Optional[Path] = None) -> None:
+    """Some tools (mkosi's directory output) leave no initrd: generate it inside the image."""
+    if not (rootfs / f"boot/initrd.img-{kver}").exists():
+        chroot_run(rootfs, ["update-initramfs", "-c", "-k", kver], log=log)
+
+
+def grub_cfg(recipe: Recipe, layout: Layout, kver: str, rootfs: Path) -> str:
+    kernel = "/vmlinuz" if os.path.lexists(rootfs / "vmlinuz") else f"/boot/vmlinuz-{kver}"
+    initrd = "/initrd.img" if os.path.lexists(rootfs / "initrd.img") else f"/boot/initrd.img-{kver}"
+    title = recipe.description or recipe.name
+    return f"""\
+# written by diskimages: the kernel and initrd are found through the /vmlinuz and /initrd.img links,
+# so kernel upgrades inside the image keep booting
+set timeout=1
+serial --unit=0 --speed=115200
+terminal_input console serial
+terminal_output console serial
+insmod part_gpt
+insmod ext2
+insmod all_video
+search --no-floppy --fs-uuid --set=root {layout.root_uuid}
+menuentry '{title.replace("'", "")}' {{
+  linux {kernel} root=UUID={layout.root_uuid} ro {SERIAL_CONSOLE} {recipe.kernel_cmdline}
+  initrd {initrd}
+}}
+"""
+
+
+def plan_layout(recipe: Recipe) -> Layout:
+    fw = recipe.disk.firmware
+    parts = []
+    if fw in ("bios", "both"):
+        parts.append(Partition("bios", BIOS_BOOT, size=2048))  # 1 MiB
+    if fw in ("uefi", "both"):
+        parts.append(Partition("esp", ESP, size=recipe.disk.esp_bytes // SECTOR))
+    parts.append(Partition("root", LINUX))
+    return Layout(parts, root_uuid=str(uuid.uuid4()), esp_id=uuid.uuid4().hex[:8].upper())
+
+
+def prepare_tree(recipe: Recipe, rootfs: Path, layout: Layout, log: Optional[Path] = None) -> str:
+    """Boot configuration inside the tree: fstab, /etc/default/grub, /boot/grub/grub.cfg and GRUB's modules."""
+    kver = kernel_version(rootfs)
+    ensure_initrd(rootfs, kver, log)
+    fstab = [f"UUID={layout.root_uuid} / ext4 errors=remount-ro 0 1"]
+    if layout.get("esp"):
+        (rootfs / "boot/efi").mkdir(parents=True, exist_ok=True)
+        fstab.append(f"UUID={layout.esp_id[:4]}-{layout.esp_id[4:]} /boot/efi vfat umask=0077,nofail 0 2")
+    (rootfs / "etc/fstab").write_text("# written by diskimages\n" + "\n".join(fstab) + "\n")
+    (rootfs / "etc/default").mkdir(parents=True, exist_ok=True)
+    (rootfs / "etc/default/grub").write_text(
+        "# written by diskimages (used if update-grub is ever run inside the image)\n"
+        "GRUB_DEFAULT=0\nGRUB_TIMEOUT=1\nGRUB_DISTRIBUTOR=`lsb_release -i -s 2> /dev/null || echo Debian`\n"
+        f'GRUB_CMDLINE_LINUX_DEFAULT="{recipe.kernel_cmdline}"\nGRUB_CMDLINE_LINUX="{SERIAL_CONSOLE}"\n'
+        'GRUB_TERMINAL="console serial"\nGRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n')
+    grub_dir = rootfs / "boot/grub"
+    grub_dir.mkdir(parents=True, exist_ok=True)
+    for platform in ("i386-pc", "x86_64-efi"):
+        src = rootfs / "usr/lib/grub" / platform
+        if src.is_dir():
+            dst = grub_dir / platform
+            shutil.rmtree(dst, ignore_errors=True)
+            dst.mkdir()
+            for f in src.iterdir():
+                if f.suffix in (".mod", ".lst"):
+                    shutil.copy(f, dst / f.name)
+    (grub_dir / "grub.cfg").write_text(grub_cfg(recipe, layout, kver, rootfs))
+    return kver
+
+
+def make_grub_images(rootfs: Path, layout: Layout, outdir: Path, log: Optional[Path] = None) -> dict[str, Path]:
+    """Run the image's own grub-mkimage (plain chroot, no mounts needed); returns {"efi"|"core": path}."""
+    work_rel = "var/tmp/diskimages-grub"
+    work = rootfs / work_rel
+    work.mkdir(parents=True, exist_ok=True)
+    early = f"search --no-floppy --fs-uuid --set=root {layout.root_uuid}\nset prefix=($root)/boot/grub\n"
+    (work / "early.cfg").write_text(early)
+    wanted = []
+    if layout.get("esp"):
+        wanted.append(("efi", "x86_64-efi", "BOOTX64.EFI", ["efi_gop", "efi_uga"]))
+    if layout.get("bios"):
+        wanted.append(("core", "i386-pc", "core.img", ["biosdisk"]))
+    out = {}
+    try:
+        for key, platform, name, extra in wanted:
+            if not (rootfs / "usr/lib/grub" / platform).is_dir():
+                raise RuntimeError(f"the image has no GRUB {platform} modules (/usr/lib/grub/{platform}): "
+                                   f"install grub-pc-bin / grub-efi-amd64-bin in it")
+            runner.run(["chroot", rootfs, "grub-mkimage", "-O", platform, "-d", f"/usr/lib/grub/{platform}",
+                        "-c", f"/{work_rel}/early.cfg", "-p", "/boot/grub", "-o", f"/{work_rel}/{name}",
+                        *extra, *GRUB_MODULES], log=log)
+            shutil.move(work / name, outdir / name)
+            out[key] = outdir / name
+        if layout.get("bios"):
+            shutil.copy(rootfs / "usr/lib/grub/i386-pc/boot.img", outdir / "boot.img")
+            out["boot"] = outdir / "boot.img"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def partition(raw: Path, size: int, layout: Layout, log: Optional[Path] = None) -> None:
+    with open(raw, "wb") as f:
+        f.truncate(size)
+    lines = ["label: gpt"]
+    for i, p in enumerate(layout.partitions):
+        start = "start=2048, " if i == 0 else ""
+        sz = f"size={p.size}, " if p.size else ""
+        lines.append(f"{start}{sz}type={p.type}, name={p.name}")
+    runner.run(["sfdisk", "-q", raw], stdin="\n".join(lines) + "\n", log=log)
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(raw)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]["partitions"]
+    for p, t in zip(layout.partitions, table):
+        p.start, p.size = int(t["start"]), int(t["size"])
+
+
+def embed_grub_bios(raw: Path, core_img: Path, boot_img: Path, part: Partition) -> None:
+    """Loop-free grub-bios-setup for a GPT image file (GRUB 2.06/2.12 layout):
+    boot.img @0x5c = first sector of core.img; @0x66 the drive check becomes NOPs;
+    core.img @0x1f4 = sector of its first block list (core start + 1)."""
+    core = bytearray(core_img.read_bytes())
+    boot = bytearray(boot_img.read_bytes())
+    if len(boot) != SECTOR:
+        raise RuntimeError(f"{boot_img} is {len(boot)} bytes, expected 512")
+    sectors = (len(core) + SECTOR - 1) // SECTOR
+    if sectors > part.size:
+        raise RuntimeError(f"GRUB core.img needs {sectors} sectors; the BIOS boot partition has {part.size}")
+    start_blk, blk_len, _ = struct.unpack_from("<QHH", core, 0x1F4)
+    if start_blk != 2 or blk_len != sectors - 1:
+        raise RuntimeError(f"unexpected core.img block list ({start_blk}, {blk_len}): unknown GRUB layout")
+    struct.pack_into("<Q", core, 0x1F4, part.start + 1)
+    struct.pack_into("<Q", boot, 0x5C, part.start)
+    boot[0x64] = 0xFF
+    boot[0x66:0x68] = b"\x90\x90"
+    with open(raw, "r+b") as f:
+        f.write(boot[:0x1B8])  # boot code only: disk signature, protective MBR and 0x55AA stay
+        f.seek(part.offset)
+        f.write(core)
+
+
+def assemble(recipe: Recipe, rootfs: Path, raw: Path, work: Path, log: Optional[Path] = None) -> Layout:
+    """Write a bootable raw disk image of `rootfs` to `raw` (created sparse)."""
+    layout = plan_layout(recipe)
+    prepare_tree(recipe, rootfs, layout, log)
+    images = make_grub_images(rootfs, layout, work, log)
+    partition(raw, recipe.disk.size_bytes, layout, log)
+    root = layout.get("root")
+    runner.run(["mkfs.ext4", "-F", "-q", "-L", "rootfs", "-U", layout.root_uuid, "-E", f"offset={root.offset}",
+                "-d", rootfs, raw, f"{root.size * SECTOR // 1024}k"], log=log)
+    esp = layout.get("esp")
+    if esp:
+        runner.run(["mkfs.fat", "-F", "32", "-s", "1", "-n", "ESP", "-i", layout.esp_id, "--offset",
+                    str(esp.start), raw, str(esp.size * SECTOR // 1024)], log=log)
+        target = f"{raw}@@{esp.offset}"
+        env = {"MTOOLS_SKIP_CHECK": "1"}
+        runner.run(["mmd", "-i", target, "::/EFI", "::/EFI/BOOT"], env=env, log=log)
+        runner.run(["mcopy", "-i", target, images["efi"], "::/EFI/BOOT/BOOTX64.EFI"], env=env, log=log)
+    bios = layout.get("bios")
+    if bios:
+        embed_grub_bios(raw, images["core"], images["boot"], bios)
+    return layout
+
+
+def convert(raw: Path, out: Path, fmt: str, compression: str, log: Optional[Path] = None) -> None:
+    """raw -> final format, written to `out` (the caller renames it into place)."""
+    if fmt == "raw":
+        os.replace(raw, out)
+        return
+    cmd = ["qemu-img", "convert", "-O", "qcow2"]
+    if compression != "none":
+        cmd += ["-c", "-o", f"compression_type={compression}"]
+    runner.run([*cmd, raw, out], log=log)

@@ -1,0 +1,35 @@
+"""Progress of long work: a tqdm bar over the phases (a widget in notebooks, a line on terminals), with the
+tool's latest output line beside it."""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from typing import Iterator, Sequence
+
+from tqdm.auto import tqdm
+
+
+class Progress:
+    def __init__(self, phases: Sequence[str], enabled: bool = True, title: str = ""):
+        self.enabled = enabled
+        self.bar = tqdm(total=len(phases), desc=title, unit="phase", disable=not enabled, file=sys.stderr,
+                        bar_format="{desc}: {n_fmt}/{total_fmt} phases [{elapsed}] {postfix}")
+        self._last = 0.0
+        self._phase = ""
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self._phase = name
+        self.bar.set_postfix_str(name, refresh=True)
+        yield
+        self.bar.update(1)
+
+    def line(self, text: str) -> None:
+        now = time.monotonic()
+        if self.enabled and now - self._last > 0.5:
+            self._last = now
+            self.bar.set_postfix_str(f"{self._phase}: {text.strip()[:70]}", refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
