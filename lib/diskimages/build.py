@@ -166,6 +166,19 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
     return BuildResult(final, record_path, log, record)
 
 
+def attach_boot(result: BuildResult, boot_result) -> None:
+    """Store a boot check's outcome in the build's JSON record."""
+    result.record["boot"] = boot_result.as_record()
+    measure.write_record(result.record, result.record_path)
+
+
+def phase_table(record: dict[str, Any]):
+    import pandas as pd
+    df = pd.DataFrame(record["phases"]).T
+    df.loc["total"] = df.sum()
+    return df.rename(columns={"wall_s": "wall s", "cpu_s": "CPU s"})
+
+
 def _count_packages(rootfs: Path) -> int:
     out = subprocess.run(["dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-W", "-f", "${db:Status-Abbrev}\n"],
                          capture_output=True, text=True)

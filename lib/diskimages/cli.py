@@ -127,11 +127,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from .recipe import RecipeError
-    from .runner import CommandError, Interrupted
+    from .runner import CommandError, Interrupted, signals_as_exceptions
     from .tools import ToolUnavailable
     args = parser().parse_args(argv)
     try:
-        return args.func(args)
+        with signals_as_exceptions():
+            return args.func(args)
     except (RecipeError, ToolUnavailable, PermissionError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from .paths import cache_dir
 
@@ -34,8 +34,14 @@ class Machine:
     """`with Machine(image, firmware="uefi") as m:` m.read_serial(), m.screenshot(path), m.elapsed()."""
 
     def __init__(self, image: Path, firmware: str = "bios", accel: str = "tcg", memory_mb: int = 2048,
-                 cpus: int = 2, serial_log: Optional[Path] = None):
+                 cpus: int = 2, serial_log: Optional[Path] = None,
+                 prepare_copy: Optional[Callable[[Path], None]] = None):
+        """`prepare_copy`: boot a sparse raw copy instead of an overlay, after calling prepare_copy(copy)
+        (the boot probe is written into it); its second serial port is read into `probe_buffer`."""
         self.image, self.firmware, self.accel = Path(image).resolve(), firmware, accel
+        self.prepare_copy = prepare_copy
+        self.probe_buffer = b""
+        self.probe = None
         self.memory_mb, self.cpus = memory_mb, cpus
         self.serial_log_path = serial_log
         self.proc: Optional[subprocess.Popen] = None
@@ -47,12 +53,20 @@ class Machine:
         t = self.tmp
         fmt = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(self.image)],
                                         capture_output=True, text=True, check=True).stdout)["format"]
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(self.image),
-                        str(t / "overlay.qcow2")], check=True, capture_output=True)
+        if self.prepare_copy:
+            disk, disk_fmt = t / "copy.raw", "raw"
+            subprocess.run(["qemu-img", "convert", "-O", "raw", str(self.image), str(disk)], check=True,
+                           capture_output=True)
+            self.prepare_copy(disk)
+        else:
+            disk, disk_fmt = t / "overlay.qcow2", "qcow2"
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(self.image),
+                            str(disk)], check=True, capture_output=True)
         cmd = ["qemu-system-x86_64", "-accel", self.accel, "-smp", str(self.cpus), "-m", str(self.memory_mb),
-               "-drive", f"file={t / 'overlay.qcow2'},if=virtio,format=qcow2",
+               "-drive", f"file={disk},if=virtio,format={disk_fmt}",
                "-vga", "std", "-display", "none", "-no-reboot",
                "-chardev", f"socket,id=s0,path={t / 'serial.sock'},server=on,wait=off", "-serial", "chardev:s0",
+               "-chardev", f"socket,id=s1,path={t / 'probe.sock'},server=on,wait=off", "-serial", "chardev:s1",
                "-qmp", f"unix:{t / 'qmp.sock'},server=on,wait=off",
                "-nic", "user,model=virtio-net-pci"]
         if self.accel == "kvm":
@@ -76,6 +90,8 @@ class Machine:
                                          stderr=subprocess.STDOUT, start_new_session=True)
             self.serial = self._connect(self.tmp / "serial.sock")
             self.serial.setblocking(False)
+            self.probe = self._connect(self.tmp / "probe.sock")
+            self.probe.setblocking(False)
             self.qmp_sock = self._connect(self.tmp / "qmp.sock")
             self.qmp_file = self.qmp_sock.makefile("rw")
             self.qmp_file.readline()
@@ -125,6 +141,10 @@ class Machine:
     def read_serial(self, wait: float = 0.2) -> bytes:
         """New serial console bytes (also appended to `buffer` and the serial log)."""
         try:
+            self.probe_buffer += self.probe.recv(1 << 16)
+        except (BlockingIOError, OSError):
+            pass
+        try:
             data = self.serial.recv(1 << 16)
         except BlockingIOError:
             time.sleep(wait)
@@ -171,7 +191,7 @@ class Machine:
                 except ProcessLookupError:
                     pass
                 self.proc.wait()
-        for attr in ("serial", "qmp_sock"):
+        for attr in ("serial", "probe", "qmp_sock"):
             s = getattr(self, attr, None)
             if s:
                 s.close()

@@ -357,3 +357,22 @@ def load_recipe(name_or_path: str | os.PathLike | Recipe) -> Recipe:
 
 def list_recipe_names() -> list[str]:
     return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+
+
+def recipe_table(recipe: Recipe):
+    """The recipe's fields as a two-column pandas table (nested fields flattened, e.g. disk.size)."""
+    import pandas as pd
+    rows = []
+
+    def walk(prefix, value):
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for i, v in enumerate(value):
+                walk(f"{prefix}.{i}", v)
+        else:
+            rows.append({"field": prefix, "value": ", ".join(map(str, value)) if isinstance(value, list)
+                         else value})
+    walk("", recipe.as_data())
+    return pd.DataFrame(rows).set_index("field")

@@ -44,18 +44,24 @@ def signals_as_exceptions() -> Iterator[None]:
 
 
 def _stop_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
-    if proc.poll() is not None:
-        return
+    """SIGTERM the child's process group, SIGKILL it after `grace` s, and finally SIGKILL whatever of the
+    group is left (grandchildren that outlived their parent) so nothing writes into a folder being removed."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        if proc.poll() is not None:
+            break
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            return
+            break
         try:
             proc.wait(timeout=wait)
-            return
+            break
         except subprocess.TimeoutExpired:
             continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def run(cmd: Sequence[str], *, log: Optional[Path] = None, on_line: Optional[Callable[[str], None]] = None,

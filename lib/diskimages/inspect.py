@@ -1,0 +1,52 @@
+"""Read files from a built image without booting or mounting it: the image is converted to a temporary raw
+file and its root ext4 is read with debugfs at the partition's offset (works on every host, no loop devices)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .disk import LINUX, SECTOR
+
+
+class ImageReader:
+    """`with ImageReader(image) as r: r.read("/etc/fstab"); r.listdir("/etc/ssh")`"""
+
+    def __init__(self, image: Path | str):
+        self.image = Path(image)
+
+    def __enter__(self) -> "ImageReader":
+        self.tmp = Path(tempfile.mkdtemp(prefix="diskimages-inspect-"))
+        try:
+            self.raw = self.tmp / "disk.raw"
+            subprocess.run(["qemu-img", "convert", "-O", "raw", str(self.image), str(self.raw)], check=True,
+                           capture_output=True)
+            parts = json.loads(subprocess.run(["sfdisk", "-J", str(self.raw)], capture_output=True, text=True,
+                                              check=True).stdout)["partitiontable"]["partitions"]
+            root = next(p for p in parts if p["type"].upper() == LINUX)
+            self.offset = int(root["start"]) * SECTOR
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def debugfs(self, request: str) -> str:
+        r = subprocess.run(["debugfs", "-R", request, f"{self.raw}?offset={self.offset}"], capture_output=True)
+        return r.stdout.decode(errors="replace")
+
+    def read(self, path: str) -> str:
+        return self.debugfs(f"cat {path}")
+
+    def exists(self, path: str) -> bool:
+        r = subprocess.run(["debugfs", "-R", f"stat {path}", f"{self.raw}?offset={self.offset}"],
+                           capture_output=True, text=True)
+        return "Inode:" in r.stdout
+
+    def listdir(self, path: str) -> list[str]:
+        out = self.debugfs(f"ls -p {path}")
+        return [f.split("/")[5] for f in out.splitlines() if f.count("/") >= 6 and f.split("/")[5] not in (".", "..")]

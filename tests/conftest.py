@@ -1,0 +1,30 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config, items):
+    """Builds and boots need root and the host tools; elsewhere they are skipped with the reason."""
+    reasons = []
+    if os.geteuid() != 0:
+        reasons.append("needs root")
+    for prog in ("mmdebstrap", "qemu-system-x86_64", "qemu-img", "mkfs.fat", "mcopy", "sfdisk", "debugfs"):
+        if not shutil.which(prog):
+            reasons.append(f"{prog} not installed (scripts/setup.sh)")
+    if reasons:
+        skip = pytest.mark.skip(reason="; ".join(reasons))
+        for item in items:
+            if "build" in item.keywords or "boot" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def minimal_build(tmp_path_factory):
+    """One real mmdebstrap build of debian-12-minimal shared by the tests that inspect and boot it."""
+    from diskimages.build import build
+    out = tmp_path_factory.mktemp("minimal")
+    return build("debian-12-minimal", "mmdebstrap", out, progress=False)

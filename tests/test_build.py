@@ -1,0 +1,80 @@
+"""A real mmdebstrap build of debian-12-minimal: the image is sound, measured, clean, and boots on BIOS and UEFI."""
+import json
+import subprocess
+
+import pytest
+
+from diskimages import measure
+from diskimages.boot import boot_check
+from diskimages.inspect import ImageReader
+
+pytestmark = pytest.mark.build
+
+
+def test_image_is_a_valid_compressed_qcow2(minimal_build):
+    img = minimal_build.image
+    assert img.name == "debian-12-minimal.mmdebstrap.qcow2"
+    subprocess.run(["qemu-img", "check", str(img)], check=True, capture_output=True)
+    info = measure.qemu_img_info(img)
+    assert info["format"] == "qcow2" and info["virtual-size"] == 2 << 30
+    assert info["format-specific"]["data"]["compression-type"] == "zstd"
+    # nothing but the image, its record and its log
+    assert sorted(p.name for p in img.parent.iterdir()) == sorted(
+        [img.name, "debian-12-minimal.mmdebstrap.json", "debian-12-minimal.mmdebstrap.log"])
+
+
+def test_record_has_the_measurements(minimal_build):
+    rec = json.loads(minimal_build.record_path.read_text())
+    assert rec["tool"] == "mmdebstrap" and rec["tool_version"][0].isdigit()
+    assert rec["recipe"] == "debian-12-minimal" and rec["recipe_digest"].startswith("sha256:")
+    assert set(rec["phases"]) == {"bootstrap", "customize", "assemble", "compress"}
+    assert all(p["wall_s"] > 0 for p in rec["phases"].values())
+    assert rec["packages"] > 100
+    assert rec["file_bytes"] == minimal_build.image.stat().st_size < rec["allocated_bytes"] < rec["virtual_bytes"]
+    assert rec["rootfs_bytes"] > 200 << 20
+    assert rec["sha256"] == measure.sha256_file(minimal_build.image)
+    assert rec["downloaded_bytes"] is not None
+    df = measure.load_records(minimal_build.record_path.parent)
+    assert len(df) == 1 and df.loc[0, "bootstrap_wall_s"] == rec["phases"]["bootstrap"]["wall_s"]
+    table = measure.summary_table(df)
+    assert list(table.columns[:3]) == ["tool", "version", "recipe"] and table.loc[0, "packages"] == rec["packages"]
+
+
+def test_image_contents_follow_the_recipe_and_are_clean(minimal_build):
+    with ImageReader(minimal_build.image) as r:
+        assert r.read("/etc/hostname").strip() == "debian-minimal"
+        assert "user:x:1000:1000" in r.read("/etc/passwd")
+        shadow = r.read("/etc/shadow")
+        assert "user:$6$diskimagesuser$" in shadow and "root:!" in shadow
+        assert "sudo:x:27:user" in r.read("/etc/group")
+        assert r.read("/etc/machine-id") == ""                      # generated at first boot
+        assert not [f for f in r.listdir("/etc/ssh") if f.startswith("ssh_host_")]
+        assert r.listdir("/var/lib/apt/lists") == ["partial"]
+        assert not [f for f in r.listdir("/var/cache/apt/archives") if f.endswith(".deb")]
+        assert not r.exists("/var/tmp/diskimages") and not r.exists("/usr/sbin/policy-rc.d")
+        assert "root=UUID=" in r.read("/boot/grub/grub.cfg")
+        assert r.exists("/etc/systemd/system/multi-user.target.wants/ssh.service")
+        assert r.exists("/etc/systemd/system/multi-user.target.wants/diskimages-ssh-keygen.service")
+
+
+@pytest.mark.boot
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_boots_to_login(minimal_build, firmware, tmp_path):
+    res = boot_check(minimal_build.image, minimal_build.record, firmware=firmware, screenshot_dir=tmp_path)
+    assert res.passed, res.reason
+    assert res.firmware == firmware and "login" in res.milestones and "systemd" in res.milestones
+    assert res.screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+    assert len(Image.open(res.screenshot).convert("RGB").getcolors(1 << 16)) > 1
+    assert b"debian-minimal login:" in res.serial_log.read_bytes()
+
+
+@pytest.mark.boot
+def test_unbootable_disk_fails_clearly(tmp_path):
+    bad = tmp_path / "blank.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(bad), "1G"], check=True)
+    res = boot_check(bad, firmware="bios", expect="login", timeout=150, screenshot_dir=tmp_path)
+    assert not res.passed
+    assert "no output on the serial console" in res.reason
+    assert res.seconds < 150
+    assert not list(tmp_path.glob("diskimages-vm-*"))

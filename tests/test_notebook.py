@@ -1,0 +1,36 @@
+"""papermill runs notebooks/build.ipynb headless on the minimal recipe; the executed notebook holds the
+measurement table and the boot check."""
+import json
+
+import papermill as pm
+import pytest
+
+from diskimages.paths import notebooks_dir
+
+pytestmark = [pytest.mark.build, pytest.mark.boot]
+
+
+def _outputs(nb):
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            yield "".join(out.get("text", "")) + "".join(
+                "".join(v) if isinstance(v, list) else str(v) for k, v in out.get("data", {}).items()
+                if k.startswith("text/"))
+
+
+def test_build_notebook_runs_headless(tmp_path):
+    out_nb = tmp_path / "build.out.ipynb"
+    pm.execute_notebook(str(notebooks_dir() / "build.ipynb"), str(out_nb), cwd=str(tmp_path),
+                        parameters={"recipe": "debian-12-minimal", "tool": "mmdebstrap",
+                                    "output_dir": str(tmp_path / "out"), "boot_test": True},
+                        progress_bar=False)
+    nb = json.loads(out_nb.read_text())
+    text = "\n".join(_outputs(nb))
+    for column in ("build s", "bootstrap s", "compress s", "packages", "file MB", "sha256"):
+        assert column in text, column
+    assert "debian-12-minimal.mmdebstrap.qcow2" in text
+    assert "passed" in text and "login prompt after" in text
+    images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert images, "the boot screenshot is shown"
+    rec = json.loads((tmp_path / "out/debian-12-minimal.mmdebstrap.json").read_text())
+    assert rec["boot"]["passed"] is True

@@ -1,0 +1,93 @@
+"""Pure parts: mirror selection from apt sources, the rendered customisation script, the mmdebstrap command."""
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from diskimages import load_recipe
+from diskimages.customize import password_env_vars, render_script
+from diskimages.mirror import choose_mirror, host_apt_sources
+from diskimages.recipe import RecipeError, recipe_from_data
+
+DEB822 = """\
+Types: deb
+URIs: http://mirror.example/debian
+Suites: bookworm bookworm-updates
+Components: main
+
+Types: deb
+URIs: http://security.example/debian-security
+Suites: bookworm-security
+Components: main
+
+Types: deb-src
+URIs: http://src.example/debian
+Suites: bookworm
+Components: main
+"""
+
+
+def fake_root(tmp_path, os_id="debian", sources=DEB822):
+    (tmp_path / "etc/apt/sources.list.d").mkdir(parents=True)
+    (tmp_path / "etc/apt/sources.list.d/debian.sources").write_text(sources)
+    (tmp_path / "etc/os-release").write_text(f'ID={os_id}\n')
+    return tmp_path
+
+
+def test_mirror_from_host_deb822(tmp_path):
+    root = fake_root(tmp_path)
+    assert [s.uri for s in host_apt_sources(root)] == ["http://mirror.example/debian",
+                                                       "http://security.example/debian-security"]
+    m = choose_mirror("debian", root=root)
+    assert m.origin == "host apt sources"
+    assert m.sources_lines("trixie") == ["deb http://mirror.example/debian trixie main",
+                                         "deb http://mirror.example/debian trixie-updates main",
+                                         "deb http://security.example/debian-security trixie-security main"]
+
+
+def test_mirror_one_line_format_and_other_distro_host(tmp_path):
+    root = fake_root(tmp_path, os_id="ubuntu", sources="")
+    (root / "etc/apt/sources.list").write_text("deb [arch=amd64] http://archive.example/ubuntu jammy main\n")
+    assert host_apt_sources(root)[0].uri == "http://archive.example/ubuntu"
+    m = choose_mirror("debian", root=root)   # an Ubuntu runner: no Debian mirror of its own
+    assert m.origin == "tool default" and m.sources_lines("bookworm") == []
+
+
+def test_mirror_parameter_wins(tmp_path):
+    m = choose_mirror("debian", "http://param.example/debian/", root=fake_root(tmp_path))
+    assert m.origin == "parameter" and m.uri == "http://param.example/debian"
+
+
+@pytest.mark.parametrize("desktop", ["xfce", "gnome", "kde", "mate", "lxqt", "none"])
+def test_customize_script_is_valid_shell_for_every_desktop(desktop, tmp_path):
+    r = recipe_from_data({"name": "t", "distro": "debian", "release": "bookworm", "desktop": desktop,
+                          "users": [{"name": "u", "password_hash": "$6$s$h", "sudo": True}], "autologin": "u"})
+    script = render_script(r)
+    (tmp_path / "s.sh").write_text(script)
+    subprocess.run(["sh", "-n", str(tmp_path / "s.sh")], check=True)
+    assert "useradd -m -u 1000 -s /bin/bash -G sudo u" in script
+    assert ": > /etc/machine-id" in script
+    dm_file = {"xfce": "lightdm.conf.d", "mate": "lightdm.conf.d", "gnome": "/etc/gdm3/daemon.conf",
+               "kde": "Session=plasma.desktop", "lxqt": "Session=lxqt.desktop", "none": "--autologin u"}[desktop]
+    assert dm_file in script
+
+
+def test_password_from_environment_never_in_script(monkeypatch):
+    data = {"name": "t", "distro": "debian", "release": "bookworm",
+            "users": [{"name": "u", "password_env": "DI_TEST_PW"}]}
+    r = recipe_from_data(data)
+    with pytest.raises(RecipeError, match=r"users\.0\.password_env: environment variable DI_TEST_PW is not set"):
+        password_env_vars(r)
+    monkeypatch.setenv("DI_TEST_PW", "s3cret-pw")
+    assert password_env_vars(r) == {"DISKIMAGES_PASSWORD_0": "s3cret-pw"}
+    assert "s3cret-pw" not in render_script(r)
+    assert '"$DISKIMAGES_PASSWORD_0" | chpasswd' in render_script(r)
+
+
+def test_mmdebstrap_render_reads_mirror_at_run_time():
+    from diskimages.build import render
+    files = render("debian-12-xfce", "mmdebstrap", mirror="http://param.example/debian")
+    sh = files["mmdebstrap.sh"]
+    assert "--include=" in sh and "xfce4" in sh and "lightdm" in sh and "firefox-esr" in sh
+    assert "deb http://param.example/debian bookworm main" in sh
+    assert "autologin-user=user" in files["customize.sh"]
