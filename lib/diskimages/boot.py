@@ -7,7 +7,9 @@ Seconds to each milestone are reported; the last screenshot is kept as PNG.
 """
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,10 +58,16 @@ class BootResult:
     screenshot: Optional[Path] = None
     serial_log: Optional[Path] = None
     seconds: float = 0.0
+    backend: str = "qemu"
+    vm_name: Optional[str] = None
+    ip: Optional[str] = None
+    vnc: Optional[str] = None
+    ssh: dict[str, str] = field(default_factory=dict)
 
     def as_record(self) -> dict:
         return {"passed": self.passed, "reason": self.reason, "expect": self.expect, "firmware": self.firmware,
-                "accel": self.accel, "milestones": self.milestones, "probe": self.probe, "seconds": self.seconds,
+                "accel": self.accel, "backend": self.backend, "milestones": self.milestones, "probe": self.probe,
+                "ip": self.ip, "ssh": self.ssh, "seconds": self.seconds,
                 "screenshot": self.screenshot.name if self.screenshot else None}
 
     def table(self):
@@ -73,12 +81,28 @@ def _colours(img) -> int:
     return len(cols) if cols is not None else 1 << 16
 
 
+def choose_backend(backend: str = "auto") -> str:
+    """"libvirt" (libvirt-python, libvirtd started if needed) or "qemu" (QEMU directly)."""
+    if backend != "auto":
+        return backend
+    env = os.environ.get("DISKIMAGES_BOOT_BACKEND")
+    if env in ("libvirt", "qemu"):
+        return env
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        return "qemu"
+    return "libvirt" if shutil.which("libvirtd") or os.path.exists("/usr/sbin/libvirtd") else "qemu"
+
+
 def boot_check(image: Path | str, record: Optional[dict] = None, *, firmware: Optional[str] = None,
                expect: Optional[str] = None, autologin_uid: Optional[int] = None, timeout: Optional[float] = None,
                screenshot_dir: Optional[Path] = None, accel: Optional[str] = None, memory_mb: int = 2048,
-               cpus: int = 2, use_probe: bool = True, progress: bool = False) -> BootResult:
+               cpus: int = 2, use_probe: bool = True, backend: str = "auto", keep: bool = False,
+               name: Optional[str] = None, progress: bool = False) -> BootResult:
     """Boot `image` and wait for its login prompt (console) or its autologin desktop (desktop images).
-    `record` (the build's JSON record) supplies firmware, expectation and the autologin uid."""
+    `record` (the build's JSON record) supplies firmware, expectation and the autologin uid.
+    backend "libvirt" also checks the running system over SSH (see `ssh_checks`); `keep` leaves it running."""
     image = Path(image)
     if not image.is_file():
         raise FileNotFoundError(f"no image at {image}")
@@ -92,26 +116,93 @@ def boot_check(image: Path | str, record: Optional[dict] = None, *, firmware: Op
     shots = Path(screenshot_dir) if screenshot_dir else image.parent
     shots.mkdir(parents=True, exist_ok=True)
     stem = image.name.rsplit(".", 1)[0]
+    backend = choose_backend(backend)
+    if keep and backend != "libvirt":
+        raise ValueError("keeping a VM running needs the libvirt backend")
     if accel:
         acc, why = accel, "parameter"
     else:
         acc, why = choose_accel(image, fw)
-    res = BootResult(str(image), expect, fw, acc, why, serial_log=shots / f"{stem}.{fw}.serial.log")
-    prepare = None
-    if use_probe:
-        prepare = lambda raw: probe.inject(raw, uid)  # noqa: E731
+    res = BootResult(str(image), expect, fw, acc, why, serial_log=shots / f"{stem}.{fw}.serial.log",
+                     backend=backend)
+    prepare = (lambda raw, key: probe.inject(raw, uid, key)) if use_probe else None  # noqa: E731
+
+    def machine(prep):
+        if backend == "libvirt":
+            from .vm import LibvirtMachine
+            return LibvirtMachine(image, fw, acc, memory_mb, cpus, serial_log=res.serial_log, prepare_copy=prep,
+                                  name=name, keep=keep)
+        return Machine(image, fw, acc, memory_mb, cpus, serial_log=res.serial_log, prepare_copy=prep)
+
+    shot = shots / f"{stem}.{fw}.png"
     with signals_as_exceptions():
         try:
-            with Machine(image, fw, acc, memory_mb, cpus, serial_log=res.serial_log, prepare_copy=prepare) as m:
-                _watch(m, res, uid, timeout, shots / f"{stem}.{fw}.png", progress)
+            with machine(prepare) as m:
+                res.vm_name = getattr(m, "name", None)
+                _watch(m, res, uid, timeout, shot, progress)
+                if res.passed and backend == "libvirt":
+                    _ssh_phase(m, res, uid)
+                if keep and res.passed:
+                    res.vnc = m.vnc_display()
+                elif keep:
+                    m.keep = False
         except probe.ProbeError as e:
-            if expect == "desktop":
-                res.reason = f"cannot verify the desktop session: the boot probe could not be added ({e})"
+            if expect == "desktop" or backend == "libvirt":
+                res.reason = f"cannot check this image: the boot probe could not be added to its copy ({e})"
                 return res
             res.probe = {"unavailable": str(e)}
-            with Machine(image, fw, acc, memory_mb, cpus, serial_log=res.serial_log) as m:
-                _watch(m, res, uid, timeout, shots / f"{stem}.{fw}.png", progress)
+            with machine(None) as m:
+                _watch(m, res, uid, timeout, shot, progress)
     return res
+
+
+SSH_SCRIPT = """echo machine-id=$(cat /etc/machine-id)
+echo hostkey=$(cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub | sha256sum | cut -c1-32)
+echo sessions=$(loginctl list-sessions --no-legend | awk '{print $1":"$3":"$4}' | tr '\n' ' ')
+echo session_process=$(for d in /proc/[0-9]*; do [ "$(stat -c %u $d 2>/dev/null)" = "{uid}" ] && cat $d/comm 2>/dev/null; done | grep -x -E '{procs}' | head -1)
+gw=$(ip route | awk '/^default/ {print $3; exit}')
+echo gateway=$gw
+if timeout 5 bash -c "echo > /dev/tcp/$gw/53" 2>/dev/null; then echo gateway_reachable=yes; else echo gateway_reachable=no; fi
+"""
+
+
+def _ssh_phase(m, res: BootResult, uid: Optional[int]) -> None:
+    """Over SSH (a key that exists only in this boot's copy): the desktop session, network, first-boot state."""
+    from .vm import wait_ssh
+    t0 = m.elapsed()
+    res.ip = m.ip()
+    if not res.ip:
+        res.passed, res.reason = False, "no IP address from the libvirt network's DHCP lease"
+        return
+    key = m.dir / "ssh/id_ed25519"
+    try:
+        wait_ssh(key, res.ip)
+    except RuntimeError as e:
+        res.passed, res.reason = False, str(e)
+        return
+    script = SSH_SCRIPT.replace("{uid}", str(uid if uid is not None else -1)).replace(
+        "{procs}", probe.SESSION_PROCESSES.replace(" ", "|"))
+    r = m.ssh(script)
+    facts = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    res.ssh = facts
+    res.milestones["ssh"] = m.elapsed()
+    problems = []
+    if r.returncode != 0:
+        problems.append(f"ssh exited {r.returncode}: {r.stderr.strip()[-200:]}")
+    if facts.get("gateway_reachable") != "yes":
+        problems.append(f"the guest cannot reach its gateway ({facts.get('gateway') or 'no default route'})")
+    if len(facts.get("machine-id", "")) != 32:
+        problems.append("no machine-id was generated at first boot")
+    if res.expect == "desktop":
+        user_seat = [s for s in facts.get("sessions", "").split() if s.split(":")[-1].startswith("seat")]
+        if not user_seat or not facts.get("session_process"):
+            problems.append(f"no graphical session of UID {uid} (sessions: {facts.get('sessions') or 'none'})")
+    if problems:
+        res.passed, res.reason = False, "; ".join(problems)
+    else:
+        res.reason += f"; SSH to root@{res.ip} ok ({m.elapsed() - t0:.1f} s): " + (
+            f"session {facts.get('session_process')} on {facts.get('sessions').strip()}, "
+            if res.expect == "desktop" else "") + "gateway reachable, fresh machine-id"
 
 
 def _watch(m: Machine, res: BootResult, uid: Optional[int], timeout: float, shot: Path, progress: bool) -> None:

@@ -83,8 +83,9 @@ def root_partition_offset(raw: Path) -> int:
     return int(max(linux, key=lambda p: p["size"])["start"]) * SECTOR
 
 
-def inject(raw: Path, uid: Optional[int]) -> None:
-    """Write the probe into the ext4 root of the raw disk `raw` (a copy made for this boot)."""
+def inject(raw: Path, uid: Optional[int], authorized_key: Optional[str] = None) -> None:
+    """Write the probe (and optionally an SSH public key for root) into the ext4 root of the raw disk `raw`,
+    a copy made for this boot."""
     off = root_partition_offset(raw)
     dev = f"{raw}?offset={off}"
     with tempfile.TemporaryDirectory(prefix="diskimages-probe-") as tmp:
@@ -106,6 +107,13 @@ def inject(raw: Path, uid: Optional[int]) -> None:
                 f"write {t / 'unit'} /etc/systemd/system/diskimages-probe.service\n"
                 "symlink /etc/systemd/system/multi-user.target.wants/diskimages-probe.service "
                 "/etc/systemd/system/diskimages-probe.service\n")
+        if authorized_key:
+            (t / "authorized_keys").write_text(authorized_key.strip() + "\n")
+            cmds += ("mkdir /root/.ssh\n"
+                     "sif /root/.ssh mode 040700\n"
+                     "rm /root/.ssh/authorized_keys\n"
+                     f"write {t / 'authorized_keys'} /root/.ssh/authorized_keys\n"
+                     "sif /root/.ssh/authorized_keys mode 0100600\n")
         (t / "cmds").write_text(cmds)
         r = subprocess.run(["debugfs", "-w", "-f", str(t / "cmds"), dev], capture_output=True, text=True)
         check = subprocess.run(["debugfs", "-R", "stat /usr/local/sbin/diskimages-probe", dev],

@@ -35,8 +35,8 @@ class Machine:
 
     def __init__(self, image: Path, firmware: str = "bios", accel: str = "tcg", memory_mb: int = 2048,
                  cpus: int = 2, serial_log: Optional[Path] = None,
-                 prepare_copy: Optional[Callable[[Path], None]] = None):
-        """`prepare_copy`: boot a sparse raw copy instead of an overlay, after calling prepare_copy(copy)
+                 prepare_copy: Optional[Callable[[Path, Optional[str]], None]] = None):
+        """`prepare_copy`: boot a sparse raw copy instead of an overlay, after calling prepare_copy(copy, None)
         (the boot probe is written into it); its second serial port is read into `probe_buffer`."""
         self.image, self.firmware, self.accel = Path(image).resolve(), firmware, accel
         self.prepare_copy = prepare_copy
@@ -57,7 +57,7 @@ class Machine:
             disk, disk_fmt = t / "copy.raw", "raw"
             subprocess.run(["qemu-img", "convert", "-O", "raw", str(self.image), str(disk)], check=True,
                            capture_output=True)
-            self.prepare_copy(disk)
+            self.prepare_copy(disk, None)
         else:
             disk, disk_fmt = t / "overlay.qcow2", "qcow2"
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(self.image),

@@ -1,0 +1,24 @@
+"""The main job: the default recipe (Debian 12 Xfce) builds with mmdebstrap and boots to the autologin user's
+desktop, shown in a screenshot."""
+import pytest
+
+from diskimages.boot import boot_check
+from diskimages.build import attach_boot, build
+
+pytestmark = [pytest.mark.build, pytest.mark.boot]
+
+
+def test_default_desktop_image_boots_to_the_autologin_desktop(tmp_path):
+    res = build("debian-12-xfce", "mmdebstrap", tmp_path, progress=False)
+    assert res.record["desktop"] == "xfce" and res.record["autologin_uid"] == 1000
+    assert res.record["packages"] > 350
+    check = boot_check(res.image, res.record, firmware="uefi", progress=True)
+    assert check.passed, check.reason
+    assert check.probe["session"] == "uid=1000 process=xfce4-session"
+    assert check.milestones["session"] < check.milestones["desktop"]
+    assert len(check.probe["machine-id"]) == 32
+    from PIL import Image
+    img = Image.open(check.screenshot)
+    assert img.size[0] >= 640 and len(img.convert("RGB").getcolors(1 << 20)) >= 256
+    attach_boot(res, check)
+    print(res.table().to_string(), check.table().to_string(), sep="\n")
