@@ -60,7 +60,8 @@ def test_image_contents_follow_the_recipe_and_are_clean(minimal_build):
 @pytest.mark.boot
 @pytest.mark.parametrize("firmware", ["bios", "uefi"])
 def test_boots_to_login(minimal_build, firmware, tmp_path):
-    res = boot_check(minimal_build.image, minimal_build.record, firmware=firmware, screenshot_dir=tmp_path)
+    res = boot_check(minimal_build.image, minimal_build.record, firmware=firmware, screenshot_dir=tmp_path,
+                     backend="qemu")
     assert res.passed, res.reason
     assert res.firmware == firmware and "login" in res.milestones and "systemd" in res.milestones
     assert res.screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -73,7 +74,7 @@ def test_boots_to_login(minimal_build, firmware, tmp_path):
 def test_unbootable_disk_fails_clearly(tmp_path):
     bad = tmp_path / "blank.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(bad), "1G"], check=True)
-    res = boot_check(bad, firmware="bios", expect="login", timeout=150, screenshot_dir=tmp_path)
+    res = boot_check(bad, firmware="bios", expect="login", timeout=150, screenshot_dir=tmp_path, backend="qemu")
     assert not res.passed
     assert "no output on the serial console" in res.reason
     assert res.seconds < 150

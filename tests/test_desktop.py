@@ -12,9 +12,13 @@ def test_default_desktop_image_boots_to_the_autologin_desktop(tmp_path):
     res = build("debian-12-xfce", "mmdebstrap", tmp_path, progress=False)
     assert res.record["desktop"] == "xfce" and res.record["autologin_uid"] == 1000
     assert res.record["packages"] > 350
-    check = boot_check(res.image, res.record, firmware="uefi", progress=True)
+    check = boot_check(res.image, res.record, firmware="uefi", backend="libvirt", progress=True)
     assert check.passed, check.reason
     assert check.probe["session"] == "uid=1000 process=xfce4-session"
+    # over SSH: the autologin user's graphical session on seat0, its Xfce session process, the network
+    assert check.ssh["session_process"] == "xfce4-session"
+    assert any(s.endswith(":user:seat0") for s in check.ssh["sessions"].split()), check.ssh
+    assert check.ssh["gateway_reachable"] == "yes" and check.ssh["machine-id"] == check.probe["machine-id"]
     assert check.milestones["session"] < check.milestones["desktop"]
     assert len(check.probe["machine-id"]) == 32
     from PIL import Image

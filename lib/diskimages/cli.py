@@ -65,9 +65,12 @@ def _cmd_build(args) -> int:
 
 def _boot(image: Path, record: dict | None, args) -> int:
     from .boot import boot_check
+    keep = getattr(args, "keep", False)
     result = boot_check(image, record=record, firmware=args.firmware, timeout=args.timeout,
                         screenshot_dir=Path(args.screenshots) if args.screenshots else None,
+                        backend="libvirt" if keep else args.backend, keep=keep, name=getattr(args, "name", None),
                         progress=not getattr(args, "quiet", False))
+    print(f"backend {result.backend}, {result.firmware}, {result.accel} ({result.accel_reason})")
     print(result.table().to_string(index=False))
     if result.screenshot:
         print(f"screenshot: {result.screenshot}")
@@ -75,6 +78,43 @@ def _boot(image: Path, record: dict | None, args) -> int:
         print(f"boot check failed: {result.reason}", file=sys.stderr)
         return 1
     print(f"boot check passed: {result.reason}")
+    if keep:
+        print(f"VM {result.vm_name} is running\n  IP:      {result.ip}\n"
+              f"  SSH:     python -m diskimages ssh {result.vm_name} [-- COMMAND]\n"
+              f"  display: {result.vnc} (any VNC viewer)\n"
+              f"  stop:    python -m diskimages stop {result.vm_name}")
+    return 0
+
+
+def _cmd_vms(args) -> int:
+    import pandas as pd
+    from .vm import list_vms
+    rows = [{k: v.get(k) for k in ("name", "state", "ip", "vnc", "image")} for v in list_vms()]
+    print(pd.DataFrame(rows, columns=["name", "state", "ip", "vnc", "image"]).to_string(index=False)
+          if rows else "no VMs started by diskimages")
+    return 0
+
+
+def _cmd_ssh(args) -> int:
+    from .vm import get_vm, ssh_run
+    v = get_vm(args.name)
+    if v["state"] != "running":
+        print(f"error: VM {args.name} is {v['state']}", file=sys.stderr)
+        return 2
+    command = " ".join(args.command[1:] if args.command[:1] == ["--"] else args.command)
+    r = ssh_run(Path(v["key"]), v["ip"], command or "exec $SHELL -l", timeout=None if not command else 3600,
+                tty=not command)
+    if command:
+        sys.stdout.write(r.stdout)
+        sys.stderr.write(r.stderr)
+    return r.returncode
+
+
+def _cmd_stop(args) -> int:
+    from .vm import stop
+    stopped = stop(args.name)
+    print(f"stopped {args.name}" + (f"; also stopped what diskimages had started: {', '.join(stopped)}"
+                                    if stopped else ""))
     return 0
 
 
@@ -85,10 +125,67 @@ def _cmd_boot(args) -> int:
     return _boot(image, record, args)
 
 
+def _cmd_push(args) -> int:
+    from .publish import push, registry_for
+    with registry_for(args.ref, args.storage) as ref:
+        res = push(args.image, ref, extra_tags=tuple(args.tag or ()), plain_http=args.plain_http or None,
+                   progress=sys.stderr.isatty())
+    mb = res.bytes / (1 << 20)
+    print(f"pushed {args.image} ({mb:.1f} MiB in {res.seconds:.1f} s) to {res.ref}\ndigest {res.digest}\n"
+          f"pull:  python -m diskimages pull {res.pinned if not args.ref == res.ref else res.ref} DIR")
+    return 0
+
+
+def _cmd_pull(args) -> int:
+    from .publish import pull, registry_for
+    with registry_for(args.ref, args.storage) as ref:
+        res = pull(ref, args.directory, plain_http=args.plain_http or None, progress=sys.stderr.isatty())
+    for f in res.files:
+        print(f)
+    return 0
+
+
+def _cmd_blob_url(args) -> int:
+    from .publish import blob_url, registry_for
+    with registry_for(args.ref, args.storage) as ref:
+        print(blob_url(ref, plain_http=args.plain_http or None).explain())
+    return 0
+
+
+def _cmd_mirror(args) -> int:
+    from .publish import mirror
+    digest = mirror(args.src, args.dst, plain_http=args.plain_http or None, progress=sys.stderr.isatty())
+    print(f"mirrored {args.src} -> {args.dst}\ndigest {digest} (unchanged)")
+    return 0
+
+
+def _cmd_tags(args) -> int:
+    from .publish import registry_for, tags
+    with registry_for(args.repo, args.storage) as repo:
+        df = tags(repo, plain_http=args.plain_http or None)
+    print(df.to_string(index=False) if len(df) else "no tags")
+    return 0
+
+
+def _cmd_registry(args) -> int:
+    from .localregistry import LocalRegistry
+    LocalRegistry(args.storage, port=args.port).serve_forever()
+    return 0
+
+
+def _add_registry_opts(p) -> None:
+    p.add_argument("--plain-http", action="store_true",
+                   help="use HTTP instead of HTTPS (default only for registries on 127.0.0.1/localhost)")
+    p.add_argument("--storage", default="build/registry",
+                   help="storage of the embedded registry used for references without a host (default: %(default)s)")
+
+
 def _add_boot_opts(p) -> None:
     p.add_argument("--firmware", choices=["bios", "uefi"], help="default: from the build record, else bios")
     p.add_argument("--timeout", type=float, default=None, help="seconds (default 240 console, 600 desktop)")
     p.add_argument("--screenshots", metavar="DIR", help="where to save screenshots (default: beside the image)")
+    p.add_argument("--backend", choices=["auto", "libvirt", "qemu"], default="auto",
+                   help="libvirt (libvirt-python; SSH checks) or QEMU directly; auto: libvirt when installed")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -118,25 +215,70 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     _add_boot_opts(p)
     p.set_defaults(func=_cmd_build)
-    p = sub.add_parser("boot", help="boot-check an image in QEMU: exit 0 when it reached login/desktop")
+    p = sub.add_parser("boot", help="boot-check an image: exit 0 when it reached its login prompt/desktop")
     p.add_argument("image")
     _add_boot_opts(p)
+    p.add_argument("--keep", action="store_true", help="leave the VM running (libvirt) and print how to reach it")
+    p.add_argument("--name", help="name of the kept VM (default: diskimages-RECIPE-XXXXXX)")
     p.set_defaults(func=_cmd_boot)
+    p = sub.add_parser("vms", help="the VMs diskimages started and left running")
+    p.set_defaults(func=_cmd_vms)
+    p = sub.add_parser("ssh", help="ssh into a kept VM as root; with -- COMMAND, run it and exit with its status")
+    p.add_argument("name")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_ssh)
+    p = sub.add_parser("stop", help="destroy a kept VM and remove its disk copy")
+    p.add_argument("name")
+    p.set_defaults(func=_cmd_stop)
+    p = sub.add_parser("push", help="push an image (and its JSON record) as an OCI artifact",
+                       description="REF: HOST/REPO:TAG (credentials from DISKIMAGES_REGISTRY_USER/_PASSWORD or "
+                                   "~/.docker/config.json), or REPO:TAG for the embedded local registry")
+    p.add_argument("image")
+    p.add_argument("ref")
+    p.add_argument("--tag", action="append", help="also tag it so (repeatable)")
+    _add_registry_opts(p)
+    p.set_defaults(func=_cmd_push)
+    p = sub.add_parser("pull", help="download an artifact's files, each verified against its digest (resumable)")
+    p.add_argument("ref")
+    p.add_argument("directory")
+    _add_registry_opts(p)
+    p.set_defaults(func=_cmd_pull)
+    p = sub.add_parser("blob-url", help="a plain download URL for an artifact's disk (or the curl command that works)")
+    p.add_argument("ref")
+    _add_registry_opts(p)
+    p.set_defaults(func=_cmd_blob_url)
+    p = sub.add_parser("mirror", help="copy an artifact to another registry/repository, digest unchanged")
+    p.add_argument("src")
+    p.add_argument("dst")
+    _add_registry_opts(p)
+    p.set_defaults(func=_cmd_mirror)
+    p = sub.add_parser("tags", help="a repository's tags with their annotations")
+    p.add_argument("repo")
+    _add_registry_opts(p)
+    p.set_defaults(func=_cmd_tags)
+    p = sub.add_parser("registry", help="run the embedded registry: registry serve [--storage DIR] [--port N]")
+    p.add_argument("action", choices=["serve"])
+    p.add_argument("--storage", default="build/registry")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=_cmd_registry)
     return ap
 
 
 def main(argv=None) -> int:
     from .recipe import RecipeError
     from .runner import CommandError, Interrupted, signals_as_exceptions
+    from .registry import RegistryError
     from .tools import ToolUnavailable
     args = parser().parse_args(argv)
     try:
         with signals_as_exceptions():
             return args.func(args)
-    except (RecipeError, ToolUnavailable, PermissionError, FileNotFoundError) as e:
+    except (RecipeError, ToolUnavailable, PermissionError, FileNotFoundError, KeyError, ValueError) as e:
+        if isinstance(e, KeyError):
+            e = e.args[0]
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except CommandError as e:
+    except (CommandError, RegistryError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, Interrupted) as e:

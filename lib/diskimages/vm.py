@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -157,30 +156,29 @@ class LibvirtMachine:
 
     # -- console and probe
     def _open_console(self) -> None:
+        """A non-blocking console stream, read in read_serial() (a blocking recv in a thread can stall the
+        connection's other calls, e.g. a screenshot, while a guest prints nothing)."""
         import libvirt
-        self._stream = self.conn.newStream(0)
+        self._stream = self.conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
         self.dom.openConsole(None, self._stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
-        threading.Thread(target=self._console_reader, daemon=True).start()
 
-    def _console_reader(self) -> None:
+    def _read_console(self) -> bytes:
         import libvirt
-        while True:
+        got = b""
+        for _ in range(64):
             try:
                 data = self._stream.recv(65536)
             except libvirt.libvirtError:
-                return
-            if isinstance(data, int):
-                time.sleep(0.05)
-                continue
-            if not data:
-                return
-            self.buffer += data
+                break
+            if isinstance(data, int) or not data:   # -2: nothing now; b"": closed
+                break
+            got += data
+        if got:
+            self.buffer += got
             if getattr(self, "log", None):
-                try:
-                    self.log.write(data)
-                    self.log.flush()
-                except ValueError:
-                    return
+                self.log.write(got)
+                self.log.flush()
+        return got
 
     def _open_probe(self) -> None:
         import socket
@@ -224,8 +222,10 @@ class LibvirtMachine:
                 self.probe_buffer += self._probe.recv(1 << 16)
             except (BlockingIOError, OSError):
                 pass
-        time.sleep(wait)
-        return b""
+        got = self._read_console()
+        if not got:
+            time.sleep(wait)
+        return got
 
     def screenshot(self, path: Path):
         from PIL import Image

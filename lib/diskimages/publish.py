@@ -1,0 +1,339 @@
+"""Publishing disk images as OCI artifacts: push, pull, download URL, mirror, tags.
+
+An image is pushed as an OCI image manifest with `artifactType: application/vnd.diskimages.image.v1`, the empty
+`{}` config, the disk as a layer (`application/x-qemu-disk` for qcow2) named by an
+`org.opencontainers.image.title` annotation, and the build's measurement record as a second, small layer.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .registry import OCI_INDEX, OCI_MANIFEST, Ref, RegistryClient, RegistryError
+
+ARTIFACT_TYPE = "application/vnd.diskimages.image.v1"
+DISK_MEDIA_TYPES = {"qcow2": "application/x-qemu-disk", "raw": "application/octet-stream"}
+RECORD_MEDIA_TYPE = "application/vnd.diskimages.build-record.v1+json"
+EMPTY_CONFIG = {"mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", "size": 2}
+ANNOTATION_PREFIX = "io.github.diskimages."
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not enabled)
+    return bar
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(8 << 20):
+            h.update(b)
+    return "sha256:" + h.hexdigest()
+
+
+def _source_and_revision() -> tuple[Optional[str], Optional[str]]:
+    if os.environ.get("GITHUB_REPOSITORY"):
+        return (f"{os.environ.get('GITHUB_SERVER_URL', 'https://github.com')}/{os.environ['GITHUB_REPOSITORY']}",
+                os.environ.get("GITHUB_SHA"))
+    if os.environ.get("CI_PROJECT_URL"):
+        return os.environ["CI_PROJECT_URL"], os.environ.get("CI_COMMIT_SHA")
+    here = Path(__file__).resolve().parent
+
+    def git(*args):
+        r = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True)
+        return r.stdout.strip() or None if r.returncode == 0 else None
+    return git("config", "--get", "remote.origin.url"), git("rev-parse", "HEAD")
+
+
+@dataclass
+class PushResult:
+    ref: str
+    digest: str
+    manifest: dict
+    seconds: float
+    bytes: int
+
+    @property
+    def pinned(self) -> str:
+        r = Ref.parse(self.ref)
+        return f"{r.registry}/{r.repository}@{self.digest}"
+
+
+def build_manifest(image: Path, digest: str, size: int, record: Optional[dict], record_blob: Optional[tuple],
+                   title: Optional[str] = None, description: Optional[str] = None) -> dict:
+    fmt = "qcow2" if image.suffix == ".qcow2" else "raw"
+    layers = [{"mediaType": DISK_MEDIA_TYPES[fmt], "digest": digest, "size": size,
+               "annotations": {"org.opencontainers.image.title": image.name}}]
+    if record_blob:
+        rdigest, rsize = record_blob
+        layers.append({"mediaType": RECORD_MEDIA_TYPE, "digest": rdigest, "size": rsize,
+                       "annotations": {"org.opencontainers.image.title": image.with_suffix(".json").name}})
+    source, revision = _source_and_revision()
+    ann = {"org.opencontainers.image.created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+           "org.opencontainers.image.title": title or image.name}
+    if description or (record and record.get("recipe")):
+        ann["org.opencontainers.image.description"] = description or f"{record['recipe']} disk image"
+    if source:
+        ann["org.opencontainers.image.source"] = source
+    if revision:
+        ann["org.opencontainers.image.revision"] = revision
+    if record:
+        ours = {"recipe": record.get("recipe"), "tool": record.get("tool"), "tool-version": record.get("tool_version"),
+                "virtual-size": record.get("virtual_bytes"), "compressed-size": record.get("file_bytes"),
+                "build-seconds": record.get("total_wall_s"), "format": record.get("format"),
+                "firmware": record.get("firmware"), "desktop": record.get("desktop")}
+        ann.update({ANNOTATION_PREFIX + k: str(v) for k, v in ours.items() if v is not None})
+    return {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": ARTIFACT_TYPE, "config": EMPTY_CONFIG,
+            "layers": layers, "annotations": ann}
+
+
+def push(image: Path | str, ref: str, *, record: Optional[dict] = None, extra_tags: tuple[str, ...] = (),
+         plain_http: Optional[bool] = None, progress: bool = True, client: Optional[RegistryClient] = None
+         ) -> PushResult:
+    """Push a disk image (and its build record, by default the JSON beside it) as an OCI artifact."""
+    import time
+    image = Path(image)
+    if not image.is_file():
+        raise FileNotFoundError(f"no image at {image}")
+    r = Ref.parse(ref)
+    if r.digest:
+        raise RegistryError(f"push to a tag, not a digest: {ref}")
+    if record is None and image.with_suffix(".json").is_file():
+        record = json.loads(image.with_suffix(".json").read_text())
+    c = client or RegistryClient(r.registry, plain_http)
+    t0 = time.monotonic()
+    size = image.stat().st_size
+    digest = (record or {}).get("sha256") if (record or {}).get("file_bytes") == size else None
+    digest = digest or file_digest(image)
+    bar = _progress_bar(size, f"push {image.name}", progress)
+    try:
+        c.push_bytes(r, b"{}", EMPTY_CONFIG["digest"])
+        c.push_blob(r, image, digest, size, progress=bar.update)
+    finally:
+        bar.close()
+    record_blob = None
+    if record:
+        raw = json.dumps(record, indent=1, sort_keys=True).encode()
+        rdigest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        c.push_bytes(r, raw, rdigest)
+        record_blob = (rdigest, len(raw))
+    manifest = build_manifest(image, digest, size, record, record_blob)
+    raw_manifest = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
+    mdigest = c.put_manifest(r, raw_manifest, OCI_MANIFEST)
+    for tag in extra_tags:
+        c.put_manifest(r, raw_manifest, OCI_MANIFEST, reference=tag)
+    return PushResult(str(r), mdigest, manifest, round(time.monotonic() - t0, 2), size)
+
+
+def _artifact_manifest(c: RegistryClient, r: Ref) -> tuple[dict, str]:
+    raw, mtype, digest = c.get_manifest_raw(r)
+    m = json.loads(raw)
+    if mtype == OCI_INDEX or "manifests" in m:
+        picks = [d for d in m.get("manifests", []) if d.get("artifactType") == ARTIFACT_TYPE] or m.get("manifests", [])
+        if not picks:
+            raise RegistryError(f"{r} is an empty index")
+        sub = Ref(r.registry, r.repository, digest=picks[0]["digest"])
+        raw, mtype, digest = c.get_manifest_raw(sub)
+        m = json.loads(raw)
+    return m, digest
+
+
+def disk_layer(manifest: dict) -> dict:
+    layers = manifest.get("layers") or []
+    disks = [l for l in layers if l.get("mediaType") in DISK_MEDIA_TYPES.values()] or layers
+    if not disks:
+        raise RegistryError("the artifact has no layers")
+    return max(disks, key=lambda l: l.get("size", 0))
+
+
+@dataclass
+class PullResult:
+    ref: str
+    digest: str
+    files: list[Path] = field(default_factory=list)
+
+
+def pull(ref: str, directory: Path | str, *, plain_http: Optional[bool] = None, progress: bool = True,
+         client: Optional[RegistryClient] = None) -> PullResult:
+    """Download every layer of an artifact into `directory` under its title, each verified against its digest
+    (written to NAME.partial and renamed when it matches; an interrupted pull resumes from the .partial)."""
+    r = Ref.parse(ref)
+    c = client or RegistryClient(r.registry, plain_http)
+    m, mdigest = _artifact_manifest(c, r)
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for layer in m.get("layers", []):
+        name = (layer.get("annotations") or {}).get("org.opencontainers.image.title") or layer["digest"].replace(":", "-")
+        name = os.path.basename(name)
+        if not name or name in (".", ".."):
+            raise RegistryError(f"layer {layer['digest']} has an unusable title {name!r}")
+        dest = out / name
+        if dest.is_file() and dest.stat().st_size == layer["size"] and file_digest(dest) == layer["digest"]:
+            files.append(dest)
+            continue
+        bar = _progress_bar(layer["size"], f"pull {name}", progress)
+        try:
+            files.append(c.pull_blob(r, layer["digest"], layer["size"], dest, progress=bar.update))
+        finally:
+            bar.close()
+    return PullResult(str(r), mdigest, files)
+
+
+@dataclass
+class BlobURL:
+    ref: str
+    digest: str
+    size: int
+    status: int
+    url: str
+    direct: bool             # True: a plain URL anyone can GET (object storage); False: the registry serves it
+    curl: str
+
+    def explain(self) -> str:
+        if self.direct:
+            return (f"{self.url}\n(HTTP {self.status} from the registry: a time-limited download URL; "
+                    f"{self.size} bytes, {self.digest})")
+        return (f"{self.url}\n(the registry serves the blob itself, HTTP {self.status}: there is no separate "
+                f"download URL; this works:)\n{self.curl}")
+
+
+def blob_url(ref: str, *, plain_http: Optional[bool] = None, client: Optional[RegistryClient] = None) -> BlobURL:
+    """The download URL of an artifact's disk layer: the registry's redirect target when it answers 307
+    (object storage), else the blob URL itself and a curl command that fetches it."""
+    r = Ref.parse(ref)
+    c = client or RegistryClient(r.registry, plain_http)
+    m, _ = _artifact_manifest(c, r)
+    layer = disk_layer(m)
+    url = c.blob_url(r, layer["digest"])
+    resp = c.do_request(url, "GET", stream=True, allow_redirects=False)
+    resp.close()
+    if resp.status_code in (301, 302, 303, 307, 308):
+        loc = resp.headers["Location"]
+        return BlobURL(str(r), layer["digest"], layer["size"], resp.status_code, loc, True, f"curl -fLo disk '{loc}'")
+    c.check(resp, f"get blob {layer['digest'][:19]}", ok=(200,))
+    auth = c._auth.get(r.repository, "")
+    if auth.startswith("Bearer ") and not c._creds:
+        curl = f"curl -fLo disk -H 'Authorization: {auth}' '{url}'   # anonymous token, short-lived"
+    elif c._creds or c._basic or auth:
+        curl = f"curl -fLo disk -u \"$DISKIMAGES_REGISTRY_USER:$DISKIMAGES_REGISTRY_PASSWORD\" '{url}'"
+    else:
+        curl = f"curl -fLo disk '{url}'"
+    return BlobURL(str(r), layer["digest"], layer["size"], resp.status_code, url, False, curl)
+
+
+def mirror(src: str, dst: str, *, plain_http: Optional[bool] = None, progress: bool = True) -> str:
+    """Copy an artifact to another repository/registry, blobs streamed (or mounted on the same registry);
+    the manifest is copied byte for byte, so the digest stays the same. Returns that digest."""
+    s, d = Ref.parse(src), Ref.parse(dst)
+    cs = RegistryClient(s.registry, plain_http)
+    cd = cs if d.registry == s.registry else RegistryClient(d.registry, plain_http)
+    raw, mtype, digest = cs.get_manifest_raw(s)
+    m = json.loads(raw)
+    if "manifests" in m:
+        raise RegistryError("mirroring an index: mirror each of its manifests first (not supported in one step)")
+    blobs = [m["config"], *m.get("layers", [])]
+    for b in blobs:
+        if cd.has_blob(d, b["digest"]):
+            continue
+        if cd is cs:
+            r = cd._start_upload(d, mount_from=s.repository, digest=b["digest"])
+            if r.status_code == 201:
+                continue
+            cd.do_request(cd._location(r), "DELETE")
+        resp = cs.do_request(cs.blob_url(s, b["digest"]), "GET", stream=True)
+        cs.check(resp, f"read blob {b['digest'][:19]}")
+        bar = _progress_bar(b["size"], f"mirror {b['digest'][7:19]}", progress and b["size"] > 1 << 20)
+        try:
+            cd.push_stream(d, resp.raw, b["digest"], b["size"], progress=bar.update)
+        finally:
+            bar.close()
+            resp.close()
+    tag = d.tag or s.tag or digest
+    got = cd.put_manifest(d, raw, mtype or m.get("mediaType", OCI_MANIFEST), reference=tag if not d.digest else digest)
+    if got != digest:
+        raise RegistryError(f"mirrored manifest digest {got} differs from the source's {digest}")
+    return digest
+
+
+def tags(repo: str, *, plain_http: Optional[bool] = None):
+    """The tags of a repository with their artifact annotations, as a pandas DataFrame."""
+    import pandas as pd
+    r = Ref.parse(repo)
+    c = RegistryClient(r.registry, plain_http)
+    rows = []
+    for tag in sorted(c.list_tags(r)):
+        try:
+            m, digest = _artifact_manifest(c, Ref(r.registry, r.repository, tag))
+        except RegistryError as e:
+            rows.append({"tag": tag, "error": str(e)})
+            continue
+        ann = m.get("annotations") or {}
+        layer = disk_layer(m) if m.get("layers") else {}
+        rows.append({"tag": tag, "digest": digest[:19], "artifactType": m.get("artifactType"),
+                     "created": ann.get("org.opencontainers.image.created"),
+                     "recipe": ann.get(ANNOTATION_PREFIX + "recipe"), "tool": ann.get(ANNOTATION_PREFIX + "tool"),
+                     "file": (layer.get("annotations") or {}).get("org.opencontainers.image.title"),
+                     "MB": round(layer.get("size", 0) / (1 << 20), 1),
+                     "build s": ann.get(ANNOTATION_PREFIX + "build-seconds")})
+    return pd.DataFrame(rows)
+
+
+STORAGE_OPTIONS = [
+    # service, max size of one file, retention, content digest, access, anonymous download, mirroring
+    ("GitHub Actions artifacts", "10 GB per artifact (zip)", "90 days max", "no (zip)", "GitHub API/UI",
+     "no (login required)", "no"),
+    ("GitLab job artifacts", "instance limit (often 100 MB-1 GB)", "expire_in, default 30 days", "no",
+     "GitLab API/UI", "if the project is public", "no"),
+    ("GitLab generic packages", "5 GB (gitlab.com)", "unlimited", "sha256 stored", "HTTPS + token",
+     "if the project is public", "no"),
+    ("GitHub releases", "2 GiB per asset", "unlimited", "sha256 shown (2025+)", "plain HTTPS", "yes", "no"),
+    ("GitHub/GitLab Pages", "1 GB site", "unlimited", "no", "plain HTTPS", "yes", "no"),
+    ("Git repository", "100 MB per file (GitHub)", "unlimited", "git object hash", "git clone", "if public",
+     "git mirror"),
+    ("Git LFS", "2-5 GB per file, bandwidth quota", "unlimited", "sha256 (LFS oid)", "git lfs / HTTPS",
+     "if public", "lfs fetch + push"),
+    ("Container registry (OCI)", "no fixed limit (layers of 10+ GB work)", "unlimited", "sha256 (content addressed)",
+     "OCI clients, HTTPS", "yes (public packages/repos)", "yes (oras/skopeo copy, digest kept)"),
+    ("S3 / object storage", "5 TB per object", "your policy", "ETag/checksums", "HTTPS, presigned URLs",
+     "if the bucket allows", "rclone/aws s3 sync"),
+]
+
+
+def storage_table():
+    import pandas as pd
+    return pd.DataFrame(STORAGE_OPTIONS, columns=["service", "max size", "retention", "digest", "access",
+                                                  "anonymous download", "mirroring"]).set_index("service")
+
+
+def is_embedded(ref: str) -> bool:
+    """A reference without a registry host (e.g. `diskimages/debian-12-xfce:latest`) means the embedded one."""
+    first = ref.split("/", 1)[0]
+    return "/" not in ref or not ("." in first or ":" in first or first == "localhost")
+
+
+class registry_for:
+    """`with registry_for(ref, storage) as full_ref:` starts the embedded registry (storage under the output
+    folder) for references without a host, and stops it afterwards; other references pass through."""
+
+    def __init__(self, ref: str, storage: Path | str = "build/registry"):
+        self.ref, self.storage, self.local = ref, Path(storage), None
+
+    def __enter__(self) -> str:
+        if not is_embedded(self.ref):
+            return self.ref
+        from .localregistry import LocalRegistry
+        self.local = LocalRegistry(self.storage).__enter__()
+        return f"{self.local.host}/{self.ref}"
+
+    def __exit__(self, *exc) -> None:
+        if self.local:
+            self.local.__exit__(*exc)
