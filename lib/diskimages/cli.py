@@ -126,13 +126,15 @@ def _cmd_boot(args) -> int:
 
 
 def _cmd_push(args) -> int:
-    from .publish import push, registry_for
+    from .publish import is_embedded, push, registry_for
     with registry_for(args.ref, args.storage) as ref:
         res = push(args.image, ref, extra_tags=tuple(args.tag or ()), plain_http=args.plain_http or None,
                    progress=sys.stderr.isatty())
     mb = res.bytes / (1 << 20)
-    print(f"pushed {args.image} ({mb:.1f} MiB in {res.seconds:.1f} s) to {res.ref}\ndigest {res.digest}\n"
-          f"pull:  python -m diskimages pull {res.pinned if not args.ref == res.ref else res.ref} DIR")
+    pinned = f"{args.ref.rsplit(':', 1)[0]}@{res.digest}" if is_embedded(args.ref) else res.pinned
+    where = f" (embedded registry, storage {args.storage})" if is_embedded(args.ref) else ""
+    print(f"pushed {args.image} ({mb:.1f} MiB in {res.seconds:.1f} s) to {args.ref}{where}\ndigest {res.digest}\n"
+          f"pull:  python -m diskimages pull {pinned} DIR")
     return 0
 
 
@@ -147,8 +149,12 @@ def _cmd_pull(args) -> int:
 
 def _cmd_blob_url(args) -> int:
     from .publish import blob_url, registry_for
+    from .publish import is_embedded
     with registry_for(args.ref, args.storage) as ref:
         print(blob_url(ref, plain_http=args.plain_http or None).explain())
+    if is_embedded(args.ref):
+        print("(the embedded registry stopped with this command: keep one running with "
+              "`python -m diskimages registry serve`, and use its HOST:PORT in the reference)")
     return 0
 
 

@@ -26,8 +26,8 @@ ANNOTATION_PREFIX = "io.github.diskimages."
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-    bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not enabled)
+    from .progress import tqdm_class
+    bar = tqdm_class()(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not enabled)
     return bar
 
 
