@@ -279,3 +279,16 @@ def test_cli_cycle_with_the_embedded_registry_and_no_secret_in_output(tmp_path, 
     for proc in (p, t, u, q, bad):
         assert PASSWORD not in proc.stdout + proc.stderr
     assert subprocess.run([sys.executable, "-m", "diskimages", "push", "--help"], capture_output=True).returncode == 0
+
+
+def test_publish_notebook_runs_headless(tmp_path, image, no_creds):
+    import papermill as pm
+    from diskimages.paths import notebooks_dir
+    out_nb = tmp_path / "publish.out.ipynb"
+    pm.execute_notebook(str(notebooks_dir() / "publish.ipynb"), str(out_nb), cwd=str(tmp_path), progress_bar=False,
+                        parameters={"image": str(image), "ref": "diskimages/demo:nb", "storage": str(tmp_path / "reg"),
+                                    "pull_dir": str(tmp_path / "pulled")})
+    text = out_nb.read_text()
+    assert "io.github.diskimages.recipe" in text and "application/vnd.diskimages.image.v1" in text
+    assert "Container registry (OCI)" in text and "serves the blob itself" in text
+    assert sha(tmp_path / "pulled" / image.name) == sha(image)

@@ -187,6 +187,8 @@ def _ssh_phase(m, res: BootResult, uid: Optional[int]) -> None:
     script = SSH_SCRIPT.replace("{uid}", str(uid if uid is not None else -1)).replace(
         "{procs}", probe.SESSION_PROCESSES.replace(" ", "|"))
     r = m.ssh(script)
+    m.read_serial(wait=1.5)                      # what the probe reported meanwhile (e.g. the host key)
+    res.probe.update(probe.parse(m.probe_buffer))
     facts = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
     res.ssh = facts
     res.milestones["ssh"] = m.elapsed()

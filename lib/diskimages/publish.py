@@ -337,3 +337,9 @@ class registry_for:
     def __exit__(self, *exc) -> None:
         if self.local:
             self.local.__exit__(*exc)
+            self.local = None
+
+    start = __enter__          # for notebooks, where a `with` cannot span cells
+
+    def stop(self) -> None:
+        self.__exit__(None, None, None)
