@@ -292,3 +292,4 @@ def test_publish_notebook_runs_headless(tmp_path, image, no_creds):
     assert "io.github.diskimages.recipe" in text and "application/vnd.diskimages.image.v1" in text
     assert "Container registry (OCI)" in text and "serves the blob itself" in text
     assert sha(tmp_path / "pulled" / image.name) == sha(image)
+

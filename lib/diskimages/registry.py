@@ -217,6 +217,20 @@ class RegistryClient(oras.provider.Registry):
         """Upload from a readable object with flat memory: one streamed PUT up to `chunk_threshold` bytes,
         PATCH chunks of `chunk_size` above it (some registries refuse single requests of ~20 GB and more)."""
         loc = self._location(self._start_upload(ref))
+        try:
+            self._upload(loc, f, digest, size, progress, what)
+        except BaseException:
+            # cancel the upload session (best effort: distribution refuses once data was written to it, and
+            # its upload purging removes such sessions later); the blob never becomes visible either way
+            try:
+                auth = self._auth.get(ref.repository) or self._basic
+                self.session.delete(loc, headers={"Authorization": auth} if auth else {}, timeout=10,
+                                    verify=self._tls_verify)
+            except requests.RequestException:
+                pass
+            raise
+
+    def _upload(self, loc: str, f, digest: str, size: int, progress, what: str) -> None:
         sep = "&" if "?" in loc else "?"
         if size <= self.chunk_threshold:
             body = _ProgressReader(f, progress, size)
