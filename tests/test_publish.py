@@ -237,14 +237,17 @@ def test_failures_are_fast_and_clear(registry, image, no_creds):
         Ref.parse("no-registry-here")
 
 
-def test_push_of_1_gib_keeps_memory_flat(registry, tmp_path, no_creds):
+@pytest.mark.parametrize("client", ["RegistryClient(host)", "RegistryClient(host, chunk_threshold=0, chunk_size=256 << 20)"],
+                         ids=["streamed-put", "patch-chunks"])
+def test_push_of_1_gib_keeps_memory_flat(registry, tmp_path, no_creds, client):
     big = tmp_path / "big.raw"
     with open(big, "wb") as f:
         for _ in range(64):
             f.write(os.urandom(1 << 20) * 16)                  # 1 GiB, not all zeros
     # VmHWM: the peak RSS of this process image (ru_maxrss would carry the forking parent's over exec)
-    code = ("import sys, re; from diskimages import publish; "
-            f"publish.push(sys.argv[1], '{registry.host}/d/big:v1', progress=False); "
+    code = ("import sys, re; from diskimages import publish; from diskimages.registry import RegistryClient; "
+            f"host = '{registry.host}'; "
+            f"publish.push(sys.argv[1], host + '/d/big:v1', progress=False, client={client}); "
             "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
     out = subprocess.run([sys.executable, "-c", code, str(big)], capture_output=True, text=True, check=True)
     peak_mb = int(out.stdout.strip().splitlines()[-1]) / 1024

@@ -22,7 +22,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import oras.container
 import oras.provider
@@ -240,15 +240,13 @@ class RegistryClient(oras.provider.Registry):
             return
         start = 0
         while start < size:
-            chunk = _read_exactly(f, min(self.chunk_size, size - start))
-            end = start + len(chunk) - 1
-            r = self.check(self.do_request(loc, "PATCH", data=chunk, headers={
+            n = min(self.chunk_size, size - start)
+            end = start + n - 1
+            r = self.check(self.do_request(loc, "PATCH", data=_ProgressReader(f, progress, n), headers={
                 "Content-Type": "application/octet-stream", "Content-Range": f"{start}-{end}",
-                "Content-Length": str(len(chunk))}), what)
+                "Content-Length": str(n)}), what)
             loc = self._location(r)
             start = end + 1
-            if progress:
-                progress(len(chunk))
         sep = "&" if "?" in loc else "?"
         self.check(self.do_request(f"{loc}{sep}digest={digest}", "PUT", headers={"Content-Length": "0"}),
                    f"finish {what}")
@@ -325,30 +323,22 @@ class RegistryClient(oras.provider.Registry):
         return tags
 
 
-def _read_exactly(f, n: int) -> bytes:
-    parts, got = [], 0
-    while got < n:
-        b = f.read(n - got)
-        if not b:
-            break
-        parts.append(b)
-        got += len(b)
-    return b"".join(parts)
-
-
 class _ProgressReader:
-    """What requests streams a body from: reads in large blocks, reports progress, has a known length.
-    Seekable when the source is (a file), so a request re-sent after a 401 starts from the beginning."""
+    """What requests streams a request body from: at most `size` bytes of `f` from where it stands, read in
+    large blocks, with progress; seekable back to its start when `f` is (a file), so a request re-sent after
+    a 401 sends the same bytes again. Memory stays at one block whatever the size."""
 
     def __init__(self, f, progress, size: int):
-        self.f, self.progress, self.size = f, progress, size
+        self.f, self.progress, self.size, self.left = f, progress, size, size
         self.start = f.tell() if hasattr(f, "seekable") and f.seekable() else None
 
     def __len__(self) -> int:
-        return self.size
+        return self.left
 
     def read(self, n: int = -1) -> bytes:
-        b = self.f.read(max(n, CHUNK) if n and n > 0 else CHUNK)
+        want = min(self.left, max(n, CHUNK) if n and n > 0 else CHUNK)
+        b = self.f.read(want) if want else b""
+        self.left -= len(b)
         if b and self.progress:
             self.progress(len(b))
         return b
@@ -356,8 +346,5 @@ class _ProgressReader:
     def seek(self, *a):
         if self.start is None:
             raise RegistryError("cannot re-send a streamed upload after the registry asked to authenticate")
+        self.left = self.size
         return self.f.seek(self.start)
-
-    def __iter__(self) -> Iterator[bytes]:
-        while b := self.read(CHUNK):
-            yield b

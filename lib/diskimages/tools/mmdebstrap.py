@@ -19,9 +19,13 @@ class Mmdebstrap(Tool):
     description = "Debian's multi-mirror debootstrap: root file system, customised and assembled by diskimages"
     distros = ("debian",)
 
-    def _cache(self, ctx: BuildContext) -> Path | None:
+    def _cache(self, ctx: BuildContext) -> Path:
+        """The package cache: shared between builds, or (use_cache off) a fresh one inside the work folder,
+        so that a cold build is measured the same way (its downloads are counted, then discarded)."""
         r = ctx.recipe
-        return cache_dir("apt", f"{r.distro}-{r.release}-{r.architecture}") if ctx.use_cache else None
+        if ctx.use_cache:
+            return cache_dir("apt", f"{r.distro}-{r.release}-{r.architecture}")
+        return ctx.work / "apt-cache"
 
     def command(self, ctx: BuildContext, rootfs: Path) -> tuple[list[str], str]:
         """(argv, stdin): the mirror lines go on stdin ('-') so no mirror appears on the command line."""
@@ -34,11 +38,10 @@ class Mmdebstrap(Tool):
                 "--aptopt=Acquire::Languages \"none\"",
                 f"--include={','.join(pkgs)}"]
         cache = self._cache(ctx)
-        if cache:
-            argv += ["--skip=download/empty", "--skip=essential/unlink",
-                     "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/",
-                     f"--setup-hook=sync-in {cache} /var/cache/apt/archives/",
-                     f"--customize-hook=sync-out /var/cache/apt/archives {cache}"]
+        argv += ["--skip=download/empty", "--skip=essential/unlink",
+                 "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/",
+                 f"--setup-hook=sync-in {cache} /var/cache/apt/archives/",
+                 f"--customize-hook=sync-out /var/cache/apt/archives {cache}"]
         argv += [str(a) for a in opts.get("extra_args", [])]
         lines = ctx.mirror.sources_lines(r.release, opts.get("components", ["main"]))
         argv += [r.release, str(rootfs)]
@@ -56,12 +59,12 @@ class Mmdebstrap(Tool):
 
     def bootstrap(self, ctx: BuildContext, rootfs: Path) -> None:
         cache = self._cache(ctx)
-        before = {p.name for p in cache.glob("*.deb")} if cache else set()
+        cache.mkdir(parents=True, exist_ok=True)
+        before = {p.name for p in cache.glob("*.deb")}
         argv, stdin = self.command(ctx, rootfs)
         # a private mount namespace: whatever mmdebstrap mounts disappears with it, even if it is killed
         run(["unshare", "--mount", "--propagation", "private", "--fork", "--kill-child", *argv],
             stdin=stdin or None, log=ctx.log, on_line=ctx.on_line)
-        if cache:
-            new = [p for p in cache.glob("*.deb") if p.name not in before]
-            ctx.stats["downloaded_bytes"] = sum(p.stat().st_size for p in new)
-            ctx.stats["cache"] = "warm" if not new else ("cold" if not before else "partial")
+        new = [p for p in cache.glob("*.deb") if p.name not in before]
+        ctx.stats["downloaded_bytes"] = sum(p.stat().st_size for p in new)
+        ctx.stats["cache"] = ("warm" if not new else "cold" if not before else "partial") if ctx.use_cache else "off"
