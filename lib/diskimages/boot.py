@@ -63,6 +63,7 @@ class BootResult:
     ip: Optional[str] = None
     vnc: Optional[str] = None
     ssh: dict[str, str] = field(default_factory=dict)
+    kept: bool = False
 
     def as_record(self) -> dict:
         return {"passed": self.passed, "reason": self.reason, "expect": self.expect, "firmware": self.firmware,
@@ -102,7 +103,8 @@ def boot_check(image: Path | str, record: Optional[dict] = None, *, firmware: Op
                name: Optional[str] = None, progress: bool = False) -> BootResult:
     """Boot `image` and wait for its login prompt (console) or its autologin desktop (desktop images).
     `record` (the build's JSON record) supplies firmware, expectation and the autologin uid.
-    backend "libvirt" also checks the running system over SSH (see `ssh_checks`); `keep` leaves it running."""
+    backend "libvirt" also checks the running system over SSH (`_ssh_phase`); `keep` leaves it running
+    (when the check passed; `kept` says so)."""
     image = Path(image)
     if not image.is_file():
         raise FileNotFoundError(f"no image at {image}")
@@ -143,7 +145,7 @@ def boot_check(image: Path | str, record: Optional[dict] = None, *, firmware: Op
                 if res.passed and backend == "libvirt":
                     _ssh_phase(m, res, uid)
                 if keep and res.passed:
-                    res.vnc = m.vnc_display()
+                    res.vnc, res.kept = m.vnc_display(), True
                 elif keep:
                     m.keep = False
         except probe.ProbeError as e:

@@ -75,8 +75,9 @@ def reap_stale_work(output_dir: Path) -> list[Path]:
     return removed
 
 
-def prepare(recipe: str | Path | Recipe, tool: str = "mmdebstrap", mirror: Optional[str] = None,
+def prepare(recipe: str | Path | Recipe, tool: str = "mmdebstrap",
             compression: Optional[str] = None) -> tuple[Recipe, Tool]:
+    """The recipe (with a compression override) and the tool, or a clear error if the tool cannot build it."""
     recipe = load_recipe(recipe)
     if compression:
         recipe = recipe.model_copy(update={"output": recipe.output.model_validate(
@@ -99,7 +100,7 @@ def render(recipe: str | Path | Recipe, tool: str = "mmdebstrap", mirror: Option
 def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str | Path = "build",
           mirror: Optional[str] = None, compression: Optional[str] = None, use_cache: bool = True,
           progress: bool = True) -> BuildResult:
-    recipe, t = prepare(recipe, tool, mirror, compression)
+    recipe, t = prepare(recipe, tool, compression)
     if os.geteuid() != 0:
         raise PermissionError("building an image needs root (the tools chroot and keep file ownership): "
                               "run with sudo")

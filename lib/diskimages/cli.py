@@ -24,11 +24,10 @@ def _cmd_recipes(args) -> int:
 
 def _cmd_validate(args) -> int:
     from .recipe import load_recipe
-    status = 0
     for f in args.recipe:
         r = load_recipe(f)
         print(f"{r.source}: valid ({r.distro} {r.release}, desktop {r.desktop}, {r.digest()[:19]})")
-    return status
+    return 0
 
 
 def _cmd_tools(args) -> int:
@@ -78,7 +77,7 @@ def _boot(image: Path, record: dict | None, args) -> int:
         print(f"boot check failed: {result.reason}", file=sys.stderr)
         return 1
     print(f"boot check passed: {result.reason}")
-    if keep:
+    if result.kept:
         print(f"VM {result.vm_name} is running\n  IP:      {result.ip}\n"
               f"  SSH:     python -m diskimages ssh {result.vm_name} [-- COMMAND]\n"
               f"  display: {result.vnc} (any VNC viewer)\n"
