@@ -22,7 +22,7 @@ from .runner import signals_as_exceptions
 MILESTONES = [  # (name, pattern) in boot order; the pattern is searched in the serial console output
     ("bootloader", rb"GNU GRUB|Booting `"),
     ("kernel", rb"Linux version"),
-    ("systemd", rb"Welcome to "),
+    ("systemd", rb"Welcome to (?!GRUB)"),            # GRUB EFI also greets: "Welcome to GRUB!"
     ("multi-user", rb"Reached target .*Multi-User System"),
     ("display-manager", rb"Started .*(Light Display Manager|GNOME Display Manager|Simple Desktop Display Manager)"),
     ("graphical", rb"Reached target .*Graphical Interface"),

@@ -23,7 +23,7 @@ from .paths import cache_dir
 
 OVMF_CODE = ["/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/ovmf/OVMF.fd"]
 OVMF_VARS = ["/usr/share/OVMF/OVMF_VARS_4M.fd", "/usr/share/OVMF/OVMF_VARS.fd"]
-LIFE = re.compile(rb"Welcome to|Linux version|login: |Reached target")
+LIFE = re.compile(rb"Welcome to (?!GRUB)|Linux version|login: |Reached target")
 
 
 def _first(paths: list[str]) -> Optional[str]:
