@@ -91,3 +91,12 @@ def test_mmdebstrap_render_reads_mirror_at_run_time():
     assert "--include=" in sh and "xfce4" in sh and "lightdm" in sh and "firefox-esr" in sh
     assert "deb http://param.example/debian bookworm main" in sh
     assert "autologin-user=user" in files["customize.sh"]
+
+
+def test_boot_milestones_tell_grub_from_systemd():
+    import re
+    from diskimages.boot import MILESTONES
+    pats = dict(MILESTONES)
+    assert not re.search(pats["systemd"], b"Welcome to GRUB!")
+    assert re.search(pats["systemd"], b"\x1b[0mWelcome to \x1b[1mDebian GNU/Linux 12 (bookworm)\x1b[0m!")
+    assert re.search(pats["login"], b"debian-minimal login: ")

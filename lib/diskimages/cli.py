@@ -58,17 +58,20 @@ def _cmd_build(args) -> int:
     print(res.table().to_string(index=False))
     print(f"image:  {res.image}\nrecord: {res.record_path}\nlog:    {res.log}")
     if args.boot:
-        return _boot(res.image, res.record, args)
+        return _boot(res.image, res.record, args, build_result=res)
     return 0
 
 
-def _boot(image: Path, record: dict | None, args) -> int:
+def _boot(image: Path, record: dict | None, args, build_result=None) -> int:
     from .boot import boot_check
     keep = getattr(args, "keep", False)
     result = boot_check(image, record=record, firmware=args.firmware, timeout=args.timeout,
                         screenshot_dir=Path(args.screenshots) if args.screenshots else None,
                         backend="libvirt" if keep else args.backend, keep=keep, name=getattr(args, "name", None),
                         progress=not getattr(args, "quiet", False))
+    if build_result is not None:
+        from .build import attach_boot
+        attach_boot(build_result, result)
     print(f"backend {result.backend}, {result.firmware}, {result.accel} ({result.accel_reason})")
     print(result.table().to_string(index=False))
     if result.screenshot:
@@ -122,6 +125,12 @@ def _cmd_boot(args) -> int:
     rec_path = image.with_suffix(".json")
     record = json.loads(rec_path.read_text()) if rec_path.is_file() else None
     return _boot(image, record, args)
+
+
+def _cmd_matrix(args) -> int:
+    from .compare import matrix
+    print(json.dumps(matrix(args.recipe or None, args.tool or None)))
+    return 0
 
 
 def _cmd_push(args) -> int:
@@ -235,6 +244,10 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stop", help="destroy a kept VM and remove its disk copy")
     p.add_argument("name")
     p.set_defaults(func=_cmd_stop)
+    p = sub.add_parser("matrix", help="the CI job matrix (JSON) of the recipe x tool pairs the tools can build")
+    p.add_argument("--recipe", action="append", help="limit to these recipes (repeatable)")
+    p.add_argument("--tool", action="append", help="limit to these tools (repeatable)")
+    p.set_defaults(func=_cmd_matrix)
     p = sub.add_parser("push", help="push an image (and its JSON record) as an OCI artifact",
                        description="REF: HOST/REPO:TAG (credentials from DISKIMAGES_REGISTRY_USER/_PASSWORD or "
                                    "~/.docker/config.json), or REPO:TAG for the embedded local registry")

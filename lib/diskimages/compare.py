@@ -1,0 +1,171 @@
+"""The comparison: recipes x tools, each pair built through notebooks/build.ipynb (papermill) or reused from its
+record, all records in one pandas table, ratios to the best tool, charts and screenshots side by side.
+
+Records are the JSON files `build()` writes (one per image); a pair that fails leaves a failure record with the
+reason and the tail of its log, so failures are rows of the table, never silently dropped.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Optional
+
+from . import measure
+from .paths import notebooks_dir
+from .recipe import RecipeError, list_recipe_names, load_recipe
+from .tools import TOOLS, get_tool
+
+LOWER_IS_BETTER = ["build s", "CPU s", "downloaded MB", "rootfs MB", "allocated MB", "file MB", "desktop s"]
+
+
+def pairs(recipes: Optional[Iterable[str]] = None, tools: Optional[Iterable[str]] = None, *,
+          check_installed: bool = True):
+    """Every recipe x tool pair with whether it can be built here and, if not, why."""
+    import pandas as pd
+    rows = []
+    for rname in recipes or list_recipe_names():
+        try:
+            recipe = load_recipe(rname)
+        except RecipeError as e:
+            rows += [{"recipe": rname, "tool": t, "buildable": False, "reason": str(e)} for t in tools or TOOLS]
+            continue
+        for tname in tools or sorted(TOOLS):
+            tool = get_tool(tname)
+            if check_installed:
+                reason = tool.unavailable_reason(recipe)
+            else:
+                reason = None if not tool.distros or recipe.distro in tool.distros else \
+                    f"{tname} builds {', '.join(tool.distros)} images, not {recipe.distro}"
+            rows.append({"recipe": recipe.name, "tool": tname, "buildable": reason is None, "reason": reason or ""})
+    return pd.DataFrame(rows, columns=["recipe", "tool", "buildable", "reason"])
+
+
+def matrix(recipes=None, tools=None) -> dict:
+    """The CI job matrix (GitHub Actions `strategy.matrix` form) of the pairs the tools can build."""
+    df = pairs(recipes, tools, check_installed=False)
+    return {"include": [{"recipe": r.recipe, "tool": r.tool} for r in df.itertuples() if r.buildable]}
+
+
+def record_path(output_dir: Path, recipe: str, tool: str) -> Path:
+    return Path(output_dir) / f"{recipe}.{tool}.json"
+
+
+def run_pair(recipe: str, tool: str, output_dir: Path, *, rebuild: bool = False, boot_test: bool = True,
+             mirror: str = "") -> dict:
+    """Build one pair through build.ipynb (its executed copy lands in OUTPUT/notebooks/), or reuse its record."""
+    import papermill as pm
+    output_dir = Path(output_dir).resolve()
+    rec = record_path(output_dir, recipe, tool)
+    if rec.is_file() and not rebuild:
+        data = json.loads(rec.read_text())
+        if data.get("status") != "failed":
+            return data
+    nb_dir = output_dir / "notebooks"
+    nb_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        pm.execute_notebook(str(notebooks_dir() / "build.ipynb"), str(nb_dir / f"{recipe}.{tool}.ipynb"),
+                            parameters={"recipe": recipe, "tool": tool, "output_dir": str(output_dir),
+                                        "mirror": mirror, "boot_test": boot_test}, progress_bar=False)
+    except Exception as e:   # papermill raises PapermillExecutionError with the cell's error
+        log = output_dir / f"{recipe}.{tool}.log"
+        tail = log.read_text(errors="replace").splitlines()[-20:] if log.is_file() else []
+        failure = {"kind": "diskimages.build", "status": "failed", "recipe": recipe, "tool": tool,
+                   "reason": (getattr(e, "evalue", None) or str(e)).strip().splitlines()[-1][:500],
+                   "log_tail": "\n".join(tail)}
+        measure.write_record(failure, rec)
+        return failure
+    return json.loads(rec.read_text())
+
+
+def run(recipes=None, tools=None, output_dir: Path | str = "build/compare", *, rebuild: bool = False,
+        boot_test: bool = True, mirror: str = "", progress: bool = True):
+    """Build (or reuse) every buildable pair; returns the pairs table with each pair's outcome."""
+    from .progress import tqdm_class
+    df = pairs(recipes, tools)
+    outcomes = []
+    todo = df[df.buildable]
+    bar = tqdm_class()(total=len(todo), desc="pairs", disable=not progress)
+    for row in df.itertuples():
+        if not row.buildable:
+            outcomes.append("skipped: " + row.reason)
+            continue
+        bar.set_postfix_str(f"{row.recipe} / {row.tool}")
+        r = run_pair(row.recipe, row.tool, Path(output_dir), rebuild=rebuild, boot_test=boot_test, mirror=mirror)
+        outcomes.append("failed: " + r["reason"] if r.get("status") == "failed" else "built")
+        bar.update(1)
+    bar.close()
+    df["outcome"] = outcomes
+    return df
+
+
+def load(output_dir: Path | str):
+    """Every record (built or failed) under `output_dir` as one DataFrame, one row per pair."""
+    import pandas as pd
+    df = measure.load_records(output_dir)
+    if df.empty:
+        return df
+    if "status" not in df:
+        df["status"] = "built"
+    df["status"] = df["status"].fillna("built")
+    if "boot_desktop_s" in df or "boot_login_s" in df:
+        df["desktop s"] = df.get("boot_desktop_s", pd.Series(index=df.index, dtype=float)).fillna(
+            df.get("boot_login_s", pd.Series(index=df.index, dtype=float)))
+    return df
+
+
+def table(df, recipe: Optional[str] = None):
+    """The comparison table (one row per tool) for one recipe, or all."""
+    if df.empty:
+        return df
+    sub = df if recipe is None else df[df["recipe"] == recipe]
+    built = measure.summary_table(sub[sub["status"] == "built"])
+    if "desktop s" in sub:
+        built["desktop s"] = sub.loc[sub["status"] == "built", "desktop s"].values
+    if "boot_passed" in sub:
+        built["boot ok"] = sub.loc[sub["status"] == "built", "boot_passed"].values
+    failed = sub[sub["status"] == "failed"]
+    if len(failed):
+        import pandas as pd
+        built = pd.concat([built, failed[["tool", "recipe", "reason"]]], ignore_index=True)
+    return built
+
+
+def ratios(t):
+    """Each numeric column divided by the best (lowest) value among the tools for the same recipe:
+    1.00 is the best tool for that recipe."""
+    cols = [c for c in LOWER_IS_BETTER if c in t]
+    out = t[["tool", "recipe"]].copy()
+    for c in cols:
+        values = t[c].astype(float).where(t[c].astype(float) > 0)
+        best = values.groupby(t["recipe"]).transform("min")
+        out[c] = (t[c].astype(float) / best).round(2)
+    return out
+
+
+def plot(t, recipe: str = ""):
+    """Bar charts of build time and compressed size per tool."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3))
+    for ax, col in zip(axes, ("build s", "file MB")):
+        if col in t:
+            ok = t.dropna(subset=[col])
+            ax.bar(ok["tool"] + "\n" + ok["recipe"], ok[col], color="#4878a8")
+            ax.set_title(f"{col} {recipe}".strip())
+            ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def screenshots_html(df, output_dir: Path | str, width: int = 360) -> str:
+    """The boot screenshots of the builds side by side (inline PNG)."""
+    import base64
+    cells = []
+    for row in df[df["status"] == "built"].itertuples():
+        stem = str(row.image).rsplit(".", 1)[0]
+        shots = sorted(Path(output_dir).glob(f"{stem}.*.png"))
+        if shots:
+            b64 = base64.b64encode(shots[-1].read_bytes()).decode()
+            cells.append(f"<figure style='display:inline-block;margin:4px'><img width='{width}' "
+                         f"src='data:image/png;base64,{b64}'/><figcaption>{row.recipe} / {row.tool}</figcaption>"
+                         "</figure>")
+    return "".join(cells) or "<p>no screenshots</p>"

@@ -1,0 +1,48 @@
+"""The comparison: pairs and the CI matrix, records reused, a real failed build as a row, the compare notebook."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from diskimages import compare
+
+
+def test_matrix_lists_buildable_pairs_from_recipes_and_tools():
+    out = subprocess.run([sys.executable, "-m", "diskimages", "matrix"], capture_output=True, text=True, check=True)
+    m = json.loads(out.stdout)
+    assert {"recipe": "debian-12-xfce", "tool": "mmdebstrap"} in m["include"]
+    assert {"recipe": "debian-12-minimal", "tool": "mmdebstrap"} in m["include"]
+
+
+def test_pairs_say_why_a_tool_cannot_build_a_recipe(tmp_path):
+    fedora = tmp_path / "fedora-41-xfce.yaml"
+    fedora.write_text("name: fedora-41-xfce\ndistro: fedora\nrelease: '41'\ndesktop: xfce\n")
+    df = compare.pairs([str(fedora), "debian-12-minimal"], ["mmdebstrap"])
+    row = df[df.recipe == "fedora-41-xfce"].iloc[0]
+    assert not row.buildable and row.reason == "mmdebstrap builds debian images, not fedora"
+    assert df[df.recipe == "debian-12-minimal"].iloc[0].buildable
+
+
+@pytest.mark.build
+def test_compare_reuses_records_and_shows_failures_as_rows(minimal_build, tmp_path):
+    out = tmp_path / "cmp"
+    out.mkdir()
+    for f in (minimal_build.record_path, minimal_build.image):
+        shutil.copy(f, out / f.name)
+    reused = compare.run_pair("debian-12-minimal", "mmdebstrap", out)
+    assert reused["sha256"] == minimal_build.record["sha256"]          # reused, not rebuilt
+    # a real build that fails: no mirror answers on this port
+    failed = compare.run_pair("debian-12-gnome", "mmdebstrap", out, mirror="http://127.0.0.1:9/debian",
+                              boot_test=False)
+    assert failed["status"] == "failed" and failed["reason"]
+    assert "mmdebstrap" in failed["log_tail"] or "127.0.0.1:9" in failed["log_tail"]
+    df = compare.load(out)
+    t = compare.table(df)
+    assert set(t["recipe"]) == {"debian-12-minimal", "debian-12-gnome"}
+    assert t.loc[t.recipe == "debian-12-gnome", "reason"].iloc[0] == failed["reason"]
+    r = compare.ratios(t)
+    assert r.loc[r.recipe == "debian-12-minimal", "build s"].iloc[0] == 1.0
+    assert (out / "notebooks" / "debian-12-gnome.mmdebstrap.ipynb").is_file()
+    assert not list(out.glob("debian-12-gnome.mmdebstrap.qcow2"))
