@@ -7,11 +7,9 @@ usage: .venv/bin/python bench/transfer.py [--gib 4] [--dir /var/tmp/diskimages-b
 import argparse
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 

@@ -1,10 +1,8 @@
 """Pure parts: mirror selection from apt sources, the rendered customisation script, the mmdebstrap command."""
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from diskimages import load_recipe
 from diskimages.customize import password_env_vars, render_script
 from diskimages.mirror import choose_mirror, host_apt_sources
 from diskimages.recipe import RecipeError, recipe_from_data

@@ -1,9 +1,7 @@
 """VMs through libvirt-python (real libvirtd and QEMU, TCG here): started from a host where no libvirtd runs,
 reached over SSH, kept and stopped from the CLI; nothing is left behind, not even the daemons."""
-import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

@@ -229,7 +229,7 @@ def _watch(m: Machine, res: BootResult, uid: Optional[int], timeout: float, shot
                 seen = ", ".join(res.milestones) or "nothing"
                 raise BootFailed(f"timed out after {timeout:.0f} s waiting for the {expect} (reached: {seen})")
             if not m.alive():
-                raise BootFailed(f"QEMU stopped (exit {m.proc.returncode}) before the {expect}: "
+                raise BootFailed(f"the VM stopped ({m.exit_status()}) before the {expect}: "
                                  f"{m.qemu_output()[-300:]}")
             m.read_serial()
             buf = m.buffer

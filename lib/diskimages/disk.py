@@ -32,6 +32,7 @@ LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 SERIAL_CONSOLE = "console=tty0 console=ttyS0,115200n8"
 GRUB_MODULES = ("part_gpt part_msdos ext2 fat search search_fs_uuid search_label normal linux configfile echo test "
                 "all_video gzio serial terminal ls cat").split()
+LINUX_TYPES = {LINUX, "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "83"}   # Linux data, x86-64 root, MBR Linux
 ASSEMBLY_METHOD = "loop-free: sfdisk + mkfs.ext4 -d at offset + mkfs.fat/mtools + grub-mkimage"
 
 
@@ -170,6 +171,22 @@ def make_grub_images(rootfs: Path, layout: Layout, outdir: Path, log: Optional[P
     return out
 
 
+def read_partitions(raw: Path) -> list[dict]:
+    """The partition table of a raw disk file (sfdisk's JSON entries: start, size, type, ...)."""
+    r = subprocess.run(["sfdisk", "-J", str(raw)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"no partition table on {Path(raw).name}")
+    return json.loads(r.stdout)["partitiontable"]["partitions"]
+
+
+def root_partition_offset(raw: Path) -> int:
+    """Byte offset of the (largest) Linux partition of a raw disk file."""
+    linux = [p for p in read_partitions(raw) if p["type"].upper() in LINUX_TYPES]
+    if not linux:
+        raise RuntimeError(f"no Linux root partition on {Path(raw).name}")
+    return int(max(linux, key=lambda p: p["size"])["start"]) * SECTOR
+
+
 def partition(raw: Path, size: int, layout: Layout, log: Optional[Path] = None) -> None:
     with open(raw, "wb") as f:
         f.truncate(size)
@@ -179,9 +196,7 @@ def partition(raw: Path, size: int, layout: Layout, log: Optional[Path] = None) 
         sz = f"size={p.size}, " if p.size else ""
         lines.append(f"{start}{sz}type={p.type}, name={p.name}")
     runner.run(["sfdisk", "-q", raw], stdin="\n".join(lines) + "\n", log=log)
-    table = json.loads(subprocess.run(["sfdisk", "-J", str(raw)], capture_output=True, text=True,
-                                      check=True).stdout)["partitiontable"]["partitions"]
-    for p, t in zip(layout.partitions, table):
+    for p, t in zip(layout.partitions, read_partitions(raw)):
         p.start, p.size = int(t["start"]), int(t["size"])
 
 

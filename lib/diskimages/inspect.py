@@ -2,13 +2,12 @@
 file and its root ext4 is read with debugfs at the partition's offset (works on every host, no loop devices)."""
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
-from .disk import LINUX, SECTOR
+from .disk import root_partition_offset
 
 
 class ImageReader:
@@ -23,10 +22,7 @@ class ImageReader:
             self.raw = self.tmp / "disk.raw"
             subprocess.run(["qemu-img", "convert", "-O", "raw", str(self.image), str(self.raw)], check=True,
                            capture_output=True)
-            parts = json.loads(subprocess.run(["sfdisk", "-J", str(self.raw)], capture_output=True, text=True,
-                                              check=True).stdout)["partitiontable"]["partitions"]
-            root = next(p for p in parts if p["type"].upper() == LINUX)
-            self.offset = int(root["start"]) * SECTOR
+            self.offset = root_partition_offset(self.raw)
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise

@@ -9,18 +9,16 @@ offset, so no loop device, mount or guest tools are needed.
 """
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Optional
 
-from .disk import SECTOR
+from .disk import root_partition_offset
 
 MARK = "DISKIMAGES-PROBE"
 SESSION_PROCESSES = "xfce4-session gnome-shell plasmashell mate-session lxqt-session"
-LINUX_TYPES = {"0FC63DAF-8483-4772-8E79-3D69D8477DE4", "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "83"}
 
 SCRIPT = r"""#!/bin/sh
 # diskimages boot probe (only in boot-check copies): reports to ttyS1, then exits
@@ -72,21 +70,13 @@ class ProbeError(RuntimeError):
     pass
 
 
-def root_partition_offset(raw: Path) -> int:
-    out = subprocess.run(["sfdisk", "-J", str(raw)], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise ProbeError(f"no partition table on {raw.name}")
-    parts = json.loads(out.stdout)["partitiontable"]["partitions"]
-    linux = [p for p in parts if p["type"].upper() in LINUX_TYPES]
-    if not linux:
-        raise ProbeError("no Linux root partition found")
-    return int(max(linux, key=lambda p: p["size"])["start"]) * SECTOR
-
-
 def inject(raw: Path, uid: Optional[int], authorized_key: Optional[str] = None) -> None:
     """Write the probe (and optionally an SSH public key for root) into the ext4 root of the raw disk `raw`,
     a copy made for this boot."""
-    off = root_partition_offset(raw)
+    try:
+        off = root_partition_offset(raw)
+    except RuntimeError as e:
+        raise ProbeError(str(e)) from None
     dev = f"{raw}?offset={off}"
     with tempfile.TemporaryDirectory(prefix="diskimages-probe-") as tmp:
         t = Path(tmp)

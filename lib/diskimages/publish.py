@@ -220,13 +220,7 @@ def blob_url(ref: str, *, plain_http: Optional[bool] = None, client: Optional[Re
         loc = resp.headers["Location"]
         return BlobURL(str(r), layer["digest"], layer["size"], resp.status_code, loc, True, f"curl -fLo disk '{loc}'")
     c.check(resp, f"get blob {layer['digest'][:19]}", ok=(200,))
-    auth = c._auth.get(r.repository, "")
-    if auth.startswith("Bearer ") and not c._creds:
-        curl = f"curl -fLo disk -H 'Authorization: {auth}' '{url}'   # anonymous token, short-lived"
-    elif c._creds or c._basic or auth:
-        curl = f"curl -fLo disk -u \"$DISKIMAGES_REGISTRY_USER:$DISKIMAGES_REGISTRY_PASSWORD\" '{url}'"
-    else:
-        curl = f"curl -fLo disk '{url}'"
+    curl = c.curl_command(r, url)
     return BlobURL(str(r), layer["digest"], layer["size"], resp.status_code, url, False, curl)
 
 

@@ -127,6 +127,9 @@ class Machine:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def exit_status(self) -> str:
+        return f"exit {self.proc.returncode}" if self.proc is not None else "not started"
+
     def qmp(self, command: str, **arguments) -> dict:
         self.qmp_file.write(json.dumps({"execute": command, "arguments": arguments}) + "\n")
         self.qmp_file.flush()

@@ -183,6 +183,16 @@ class RegistryClient(oras.provider.Registry):
             raise RegistryError(f"{what}: not found on {self.registry}: {errs or 'HTTP 404'}")
         raise RegistryError(f"{what}: HTTP {r.status_code} from {self.registry}: {errs}")
 
+    def curl_command(self, ref: Ref, url: str) -> str:
+        """A curl command that downloads `url` the way this client was let in; secrets stay in variables,
+        only an anonymous (public, short-lived) token is written out."""
+        auth = self._auth.get(ref.repository, "")
+        if auth.startswith("Bearer ") and not self._creds:
+            return f"curl -fLo disk -H 'Authorization: {auth}' '{url}'   # anonymous token, short-lived"
+        if self._creds or self._basic or auth:
+            return f"curl -fLo disk -u \"$DISKIMAGES_REGISTRY_USER:$DISKIMAGES_REGISTRY_PASSWORD\" '{url}'"
+        return f"curl -fLo disk '{url}'"
+
     # -- blobs
     def blob_url(self, ref: Ref, digest: str) -> str:
         return f"{self.base}/v2/{ref.repository}/blobs/{digest}"

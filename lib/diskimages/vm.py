@@ -137,12 +137,11 @@ class LibvirtMachine:
             libvirt_host.stop_started(self.conn)
 
     def _close_streams(self) -> None:
-        for s in (self._stream,):
-            if s is not None:
-                try:
-                    s.abort()
-                except Exception:
-                    pass
+        if self._stream is not None:
+            try:
+                self._stream.abort()
+            except Exception:
+                pass
         if self._probe is not None:
             self._probe.close()
         if getattr(self, "log", None):
@@ -210,11 +209,8 @@ class LibvirtMachine:
         except OSError:
             return ""
 
-    @property
-    def proc(self):  # boot.py reports an exit status for QEMU; libvirt has a state instead
-        class _P:
-            returncode = "domain shut off"
-        return _P()
+    def exit_status(self) -> str:
+        return "domain shut off"
 
     def read_serial(self, wait: float = 0.2) -> bytes:
         if self._probe is not None:
