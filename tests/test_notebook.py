@@ -34,3 +34,4 @@ def test_build_notebook_runs_headless(tmp_path):
     assert images, "the boot screenshot is shown"
     rec = json.loads((tmp_path / "out/debian-12-minimal.mmdebstrap.json").read_text())
     assert rec["boot"]["passed"] is True
+

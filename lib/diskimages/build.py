@@ -24,6 +24,15 @@ from .runner import signals_as_exceptions
 from .tools import BuildContext, Tool, ToolUnavailable, get_tool
 
 PHASES = ("bootstrap", "customize", "assemble", "compress")
+
+
+def phases_of(tool: Tool) -> tuple[str, ...]:
+    """The phases a build with this tool goes through (a disk tool's own run is one 'build' phase)."""
+    if tool.produces == "disk":
+        return ("build", "compress")
+    if tool.applies_recipe:
+        return ("bootstrap", "assemble", "compress")
+    return PHASES
 WORK_PREFIX = ".work-"
 
 
@@ -85,6 +94,9 @@ def prepare(recipe: str | Path | Recipe, tool: str = "mmdebstrap",
     reason = t.unavailable_reason(recipe)
     if reason:
         raise ToolUnavailable(f"{tool} cannot build {recipe.name}: {reason}")
+    refused = t.refusals(recipe)
+    if refused:
+        raise ToolUnavailable("\n".join(refused))
     return recipe, t
 
 
@@ -98,7 +110,8 @@ def render(recipe: str | Path | Recipe, tool: str = "mmdebstrap", mirror: Option
 
 def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str | Path = "build",
           mirror: Optional[str] = None, compression: Optional[str] = None, use_cache: bool = True,
-          progress: bool = True) -> BuildResult:
+          progress: bool = True, listener=None) -> BuildResult:
+    """Build `recipe` with `tool` into `output_dir`. `listener(event)` gets the progress events (see Progress)."""
     recipe, t = prepare(recipe, tool, compression)
     if os.geteuid() != 0:
         raise PermissionError("building an image needs root (the tools chroot and keep file ownership): "
@@ -113,23 +126,30 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
     mirror_choice = choose_mirror(recipe.distro, mirror)
     timer = measure.PhaseTimer()
     started = _dt.datetime.now(_dt.timezone.utc)
-    bar = Progress(PHASES, enabled=progress, title=f"{recipe.name} / {t.name}")
+    bar = Progress(phases_of(t), enabled=progress, title=f"{recipe.name} / {t.name}", listener=listener)
     ctx = BuildContext(recipe, work, log, mirror_choice, use_cache, on_line=bar.line)
     stats: dict[str, Any] = {}
     with signals_as_exceptions():
         try:
             work.mkdir()
             rootfs, raw = work / "rootfs", work / "disk.raw"
-            with timer.phase("bootstrap"), bar.phase("bootstrap"):
-                t.bootstrap(ctx, rootfs)
-            stats["packages"] = _count_packages(rootfs)
-            with timer.phase("customize"), bar.phase("customize"):
-                customize.apply(recipe, rootfs, log=log, on_line=bar.line)
-            stats["rootfs_bytes"] = measure.tree_bytes(rootfs)
-            with timer.phase("assemble"), bar.phase("assemble"):
-                layout = disk.assemble(recipe, rootfs, raw, work, log=log)
-                stats["kernel"] = disk.kernel_version(rootfs)
-                shutil.rmtree(rootfs)  # free the space before the compressed copy is written
+            if t.produces == "disk":
+                with timer.phase("build"), bar.phase("build"):
+                    info = t.build_disk(ctx, raw)
+                stats.update(packages=info.packages, rootfs_bytes=info.rootfs_bytes, kernel=info.kernel)
+                root_uuid = info.root_uuid
+            else:
+                with timer.phase("bootstrap"), bar.phase("bootstrap"):
+                    t.bootstrap(ctx, rootfs)
+                stats["packages"] = _count_packages(rootfs)
+                if not t.applies_recipe:
+                    with timer.phase("customize"), bar.phase("customize"):
+                        customize.apply(recipe, rootfs, log=log, on_line=bar.line)
+                stats["rootfs_bytes"] = measure.tree_bytes(rootfs)
+                with timer.phase("assemble"), bar.phase("assemble"):
+                    root_uuid = disk.assemble(recipe, rootfs, raw, work, log=log).root_uuid
+                    stats["kernel"] = disk.kernel_version(rootfs)
+                    shutil.rmtree(rootfs)  # free the space before the compressed copy is written
             stats["allocated_bytes"] = measure.allocated_bytes(raw)
             with timer.phase("compress"), bar.phase("compress"):
                 disk.convert(raw, partial, recipe.output.format, recipe.output.compression, log=log)
@@ -158,7 +178,8 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
         "virtual_bytes": recipe.disk.size_bytes, "allocated_bytes": stats["allocated_bytes"],
         "file_bytes": final.stat().st_size, "sha256": sha,
         "image": final.name, "format": recipe.output.format, "compression": recipe.output.compression,
-        "firmware": recipe.disk.firmware, "kernel": stats["kernel"], "root_uuid": layout.root_uuid,
+        "firmware": recipe.disk.firmware, "kernel": stats["kernel"], "root_uuid": root_uuid,
+        "host_workarounds": ctx.stats.get("host_workarounds", []),
         "autologin_uid": recipe.user_uid(recipe.autologin) if recipe.autologin else None,
         "expect": "desktop" if recipe.desktop != "none" else "login",
     }

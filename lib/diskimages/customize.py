@@ -68,13 +68,19 @@ def _write(path: str, text: str, mode: str = "0644") -> str:
             f"chmod {mode} {_q(path)}\n")
 
 
-def render_script(recipe: Recipe) -> str:
+def render_script(recipe: Recipe, stage: str = STAGE) -> str:
+    """The customisation script; `stage` is where the tool put the staging folder inside the image."""
+    STAGE = stage  # noqa: N806 (the folder the rest of the script refers to)
     distro = get_distro(recipe.distro)
     desk = distro.desktops[recipe.desktop]
     s = ["#!/bin/sh",
          f"# diskimages customisation for recipe {recipe.name} (rendered from the recipe; do not edit)",
          "set -eu", 'step() { echo "diskimages: $*"; }', ""]
     add = s.append
+    if any(u.password_env for u in recipe.users):
+        add("# passwords given by environment variable: in the environment, or in a root-only staging file that")
+        add("# is read and deleted here (tools that cannot pass an environment safely)")
+        add(f"if [ -f {STAGE}/secrets ]; then set -a; . {STAGE}/secrets; set +a; rm -f {STAGE}/secrets; fi")
 
     def step(text: str) -> None:
         add(f"step {_q(text)}")
@@ -179,19 +185,28 @@ def _autologin(user: str, dm: Optional[str], session: Optional[str]) -> str:
                   f"[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin {user} --noclear %I $TERM")
 
 
-def stage(recipe: Recipe, rootfs: Path) -> Path:
-    """Copy the rendered script, overlay files and the recipe's scripts into the image's staging folder."""
-    st = rootfs / STAGE.lstrip("/")
+def stage(recipe: Recipe, rootfs: Path, *, where: str = STAGE, files: bool = True, secrets: bool = False) -> Path:
+    """Put the rendered script, the recipe's scripts and (`files`) its overlay into `rootfs/where`, the
+    staging folder the script reads. `secrets`: also a root-only file with the passwords given by environment
+    variable, for tools that cannot pass them in the environment without showing them on a command line;
+    the script deletes it as soon as it has read it."""
+    st = rootfs / where.lstrip("/")
     if st.exists():
         shutil.rmtree(st)
     (st / "scripts").mkdir(parents=True)
-    (st / "customize.sh").write_text(render_script(recipe))
+    st.chmod(0o700)
+    (st / "customize.sh").write_text(render_script(recipe, where))
     (st / "customize.sh").chmod(0o755)
     for i, p in enumerate(recipe.script_paths):
         shutil.copy(p, st / "scripts" / str(i))
         (st / "scripts" / str(i)).chmod(0o755)
-    if recipe.files_dir:
+    if files and recipe.files_dir:
         shutil.copytree(recipe.files_dir, st / "files", symlinks=True)
+    env = password_env_vars(recipe)
+    if secrets and env:
+        fd = os.open(st / "secrets", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
     return st
 
 

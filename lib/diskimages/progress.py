@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from typing import Iterator, Sequence
-
-
+from typing import Callable, Iterator, Optional, Sequence
 
 def tqdm_class():
     """The notebook widget bar inside Jupyter, the terminal bar elsewhere. (tqdm.auto would import IPython and
@@ -20,8 +18,14 @@ def tqdm_class():
 
 
 class Progress:
-    def __init__(self, phases: Sequence[str], enabled: bool = True, title: str = ""):
+    """`listener`, if given, is called with {"phase", "done", "total", "line"} on every phase change and tool
+    output line (the explorer's widgets use it)."""
+
+    def __init__(self, phases: Sequence[str], enabled: bool = True, title: str = "",
+                 listener: Optional[Callable[[dict], None]] = None):
         self.enabled = enabled
+        self.listener = listener
+        self.total, self.done = len(phases), 0
         self.bar = tqdm_class()(total=len(phases), desc=title, unit="phase", disable=not enabled, file=sys.stderr,
                         bar_format="{desc}: {n_fmt}/{total_fmt} phases [{elapsed}] {postfix}")
         self._last = 0.0
@@ -31,10 +35,18 @@ class Progress:
     def phase(self, name: str) -> Iterator[None]:
         self._phase = name
         self.bar.set_postfix_str(name, refresh=True)
+        self._tell("")
         yield
         self.bar.update(1)
+        self.done += 1
+        self._tell("")
+
+    def _tell(self, line: str) -> None:
+        if self.listener:
+            self.listener({"phase": self._phase, "done": self.done, "total": self.total, "line": line})
 
     def line(self, text: str) -> None:
+        self._tell(text)
         now = time.monotonic()
         if self.enabled and now - self._last > 0.5:
             self._last = now

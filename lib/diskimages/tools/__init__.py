@@ -13,14 +13,24 @@ from pathlib import Path
 from typing import Callable, ClassVar, Optional
 
 from ..mirror import MirrorChoice
+from ..paths import cache_dir
 from ..recipe import Recipe
 
 TOOLS: dict[str, type["Tool"]] = {}
-_MODULES = ("mmdebstrap",)
+_MODULES = ("mmdebstrap", "mkosi", "debos")
 
 
 class ToolUnavailable(RuntimeError):
     """The tool is not installed, or cannot build this recipe (the message says why)."""
+
+
+@dataclass
+class DiskInfo:
+    """What a disk-producing tool reports about the raw disk it made."""
+    root_uuid: str
+    kernel: str
+    packages: int
+    rootfs_bytes: int
 
 
 @dataclass
@@ -37,8 +47,16 @@ class BuildContext:
 class Tool:
     name: ClassVar[str]
     program: ClassVar[str]
-    #: "rootfs": the tool makes a tree and diskimages customises and assembles it; "disk": a bootable disk
+    #: "rootfs": the tool makes a tree and diskimages assembles it; "disk": the tool makes the bootable disk
     produces: ClassVar[str] = "rootfs"
+    #: True when the tool's own configuration applies the recipe (mkosi.postinst, a debos run action, ...);
+    #: False when diskimages customises the tree the tool made
+    applies_recipe: ClassVar[bool] = False
+    #: recipe field -> the tool's own setting that expresses it (anything else goes through the shared
+    #: customisation script, run the tool's way); see `coverage()`
+    native: ClassVar[dict[str, str]] = {}
+    #: recipe field -> why this tool cannot honour it (the build is refused with that message)
+    unsupported: ClassVar[dict[str, str]] = {}
     description: ClassVar[str] = ""
     distros: ClassVar[tuple[str, ...]] = ()
 
@@ -61,6 +79,31 @@ class Tool:
             return f"{self.name} builds {', '.join(self.distros)} images, not {recipe.distro}"
         return None
 
+    def refusals(self, recipe: Recipe) -> list[str]:
+        """Recipe fields this tool cannot honour, each as 'FILE: FIELD: why' (empty when it can build it)."""
+        out = []
+        for fld, why in self.unsupported.items():
+            if _field_is_set(recipe, fld):
+                out.append(f"{recipe.source or recipe.name}: {fld}: {self.name} cannot do this: {why}")
+        return out
+
+    def coverage(self, recipe: Recipe):
+        """How each recipe field is carried out by this tool: a pandas DataFrame (field, how, setting)."""
+        import pandas as pd
+        rows = []
+        for fld in COVERED_FIELDS:
+            if fld in self.unsupported:
+                how, setting = "unsupported", self.unsupported[fld]
+            elif fld in self.native:
+                how, setting = "native", self.native[fld]
+            elif fld in ("disk", "output"):
+                how, setting = "diskimages", "disk assembly / qemu-img convert"
+            else:
+                how = "script"
+                setting = "customize.sh run by the tool" if self.applies_recipe else "customize.sh run by diskimages"
+            rows.append({"field": fld, "set in recipe": _field_is_set(recipe, fld), "how": how, "setting": setting})
+        return pd.DataFrame(rows)
+
     def render(self, ctx: BuildContext) -> dict[str, str]:
         """The tool's native configuration and command line for this recipe: {file name: text}."""
         raise NotImplementedError
@@ -69,8 +112,49 @@ class Tool:
         """Make the root file system tree in `rootfs` (rootfs tools)."""
         raise NotImplementedError
 
+    def build_disk(self, ctx: BuildContext, raw: Path) -> DiskInfo:
+        """Make the bootable raw disk `raw` (disk tools)."""
+        raise NotImplementedError
+
     def label(self) -> str:
         return f"{self.name} + diskimages assembly" if self.produces == "rootfs" else self.name
+
+
+COVERED_FIELDS = ("packages", "desktop", "hostname", "locale", "timezone", "keyboard", "users", "autologin",
+                  "files", "scripts", "services", "kernel_cmdline", "disk", "output")
+
+
+def _field_is_set(recipe: Recipe, fld: str) -> bool:
+    """Whether the recipe sets `fld` ("users", "disk.firmware", ...) to something other than its default."""
+    head, *rest = fld.split(".")
+    value = getattr(recipe, head)
+    default = type(recipe).model_fields[head].get_default(call_default_factory=True)
+    for part in rest:
+        value, default = getattr(value, part), getattr(default, part, None)
+    return value != default and value not in (None, "", [], {})
+
+
+class PackageCache:
+    """The shared .deb cache of a distro release (or a throwaway one inside the work folder when the cache is
+    off, so a cold build is measured the same way): counts what a build downloaded into it."""
+
+    def __init__(self, ctx: BuildContext):
+        r = ctx.recipe
+        self.use = ctx.use_cache
+        self.path = cache_dir("apt", f"{r.distro}-{r.release}-{r.architecture}") if ctx.use_cache \
+            else ctx.work / "apt-cache"
+        self.ctx = ctx
+
+    def __enter__(self) -> "PackageCache":
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.before = {p.name for p in self.path.glob("*.deb")}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        new = [p for p in self.path.glob("*.deb") if p.name not in self.before]
+        self.ctx.stats["downloaded_bytes"] = sum(p.stat().st_size for p in new)
+        self.ctx.stats["cache"] = ("warm" if not new else "cold" if not self.before else "partial") \
+            if self.use else "off"
 
 
 def register(cls: type[Tool]) -> type[Tool]:

@@ -7,9 +7,8 @@ import shlex
 from pathlib import Path
 
 from ..distros import get_distro
-from ..paths import cache_dir
 from ..runner import run
-from . import BuildContext, Tool, register
+from . import BuildContext, PackageCache, Tool, register
 
 
 @register
@@ -18,14 +17,7 @@ class Mmdebstrap(Tool):
     program = "mmdebstrap"
     description = "Debian's multi-mirror debootstrap: root file system, customised and assembled by diskimages"
     distros = ("debian",)
-
-    def _cache(self, ctx: BuildContext) -> Path:
-        """The package cache: shared between builds, or (use_cache off) a fresh one inside the work folder,
-        so that a cold build is measured the same way (its downloads are counted, then discarded)."""
-        r = ctx.recipe
-        if ctx.use_cache:
-            return cache_dir("apt", f"{r.distro}-{r.release}-{r.architecture}")
-        return ctx.work / "apt-cache"
+    native = {"packages": "--include=", "desktop": "--include= (the desktop's packages)"}
 
     def command(self, ctx: BuildContext, rootfs: Path) -> tuple[list[str], str]:
         """(argv, stdin): the mirror lines go on stdin ('-') so no mirror appears on the command line."""
@@ -37,7 +29,7 @@ class Mmdebstrap(Tool):
                 f"--components={','.join(opts.get('components', ['main']))}",
                 "--aptopt=Acquire::Languages \"none\"",
                 f"--include={','.join(pkgs)}"]
-        cache = self._cache(ctx)
+        cache = PackageCache(ctx).path
         argv += ["--skip=download/empty", "--skip=essential/unlink",
                  "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/",
                  f"--setup-hook=sync-in {cache} /var/cache/apt/archives/",
@@ -58,13 +50,8 @@ class Mmdebstrap(Tool):
         return {"mmdebstrap.sh": script + "\n", "customize.sh": render_script(ctx.recipe)}
 
     def bootstrap(self, ctx: BuildContext, rootfs: Path) -> None:
-        cache = self._cache(ctx)
-        cache.mkdir(parents=True, exist_ok=True)
-        before = {p.name for p in cache.glob("*.deb")}
         argv, stdin = self.command(ctx, rootfs)
-        # a private mount namespace: whatever mmdebstrap mounts disappears with it, even if it is killed
-        run(["unshare", "--mount", "--propagation", "private", "--fork", "--kill-child", *argv],
-            stdin=stdin or None, log=ctx.log, on_line=ctx.on_line)
-        new = [p for p in cache.glob("*.deb") if p.name not in before]
-        ctx.stats["downloaded_bytes"] = sum(p.stat().st_size for p in new)
-        ctx.stats["cache"] = ("warm" if not new else "cold" if not before else "partial") if ctx.use_cache else "off"
+        with PackageCache(ctx):
+            # a private mount namespace: whatever mmdebstrap mounts disappears with it, even if it is killed
+            run(["unshare", "--mount", "--propagation", "private", "--fork", "--kill-child", *argv],
+                stdin=stdin or None, log=ctx.log, on_line=ctx.on_line)

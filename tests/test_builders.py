@@ -1,0 +1,145 @@
+"""Every build tool behind the one interface: each renders every shipped recipe into a configuration its own
+parser accepts, and each that runs here builds the small test recipe into an image that boots and carries the
+recipe's customisations. Adding a tool means adding its name to BUILDERS below (and its module)."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from diskimages import customize
+from diskimages.build import build, render
+from diskimages.boot import boot_check
+from diskimages.inspect import ImageReader
+from diskimages.recipe import list_recipe_names, load_recipe
+from diskimages.tools import get_tool
+
+SMALL = Path(__file__).parent / "recipes" / "debian-12-small.yaml"
+BUILDERS = ["mkosi", "debos"]
+PASSWORD = "s3cret-tester-pw"
+
+
+def _need(tool):
+    t = get_tool(tool)
+    if t.version() is None:
+        pytest.skip(f"{tool} is not installed (scripts/setup.sh installs it)")
+    return t
+
+
+def _parse_check(tool, files: dict, where: Path):
+    """The tool's own parser on the rendered configuration."""
+    where.mkdir(parents=True, exist_ok=True)
+    if tool == "mkosi":
+        (where / "mkosi.conf").write_text(files["mkosi.conf"])
+        out = subprocess.run(["mkosi", "summary"], cwd=where, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout
+    if tool == "debos":
+        (where / "debos.yaml").write_text(files["debos.yaml"])
+        (where / "files").mkdir(exist_ok=True)
+        out = subprocess.run(["debos", "--disable-fakemachine", "--dry-run", "--print-recipe", "debos.yaml"],
+                             cwd=where, capture_output=True, text=True)
+        assert out.returncode == 0 and "Recipe done" in out.stdout + out.stderr, (out.stdout + out.stderr)[-2000:]
+        return out.stdout + out.stderr
+    raise AssertionError(f"no parser check for {tool}")
+
+
+@pytest.mark.parametrize("tool", BUILDERS)
+@pytest.mark.parametrize("recipe", list_recipe_names() + [str(SMALL)])
+def test_renders_every_recipe_into_a_config_the_tool_accepts(tool, recipe, tmp_path, monkeypatch):
+    _need(tool)
+    monkeypatch.setenv("DISKIMAGES_TEST_PASSWORD", PASSWORD)
+    r = load_recipe(recipe)
+    files = render(r, tool)
+    text = _parse_check(tool, files, tmp_path / "cfg")
+    conf = "\n".join(files.values())
+    assert PASSWORD not in conf                       # secrets are never rendered
+    for pkg in r.packages:
+        assert pkg in conf
+    if tool == "mkosi":
+        assert f"Hostname: {r.hostname}" in text or r.hostname in files["mkosi.conf"]
+        assert "useradd" in files["mkosi.postinst"]
+    if tool == "debos":
+        assert "image-partition" in text and f"{r.disk.size_bytes >> 20}MiB" in files["debos.yaml"]
+
+
+@pytest.mark.parametrize("tool", BUILDERS)
+def test_coverage_says_how_each_field_is_carried_out(tool):
+    t = get_tool(tool)
+    cov = t.coverage(load_recipe(SMALL))
+    assert set(cov["how"]) <= {"native", "script", "diskimages", "unsupported"}
+    row = cov.set_index("field").loc["packages"]
+    assert row["how"] == "native" and bool(row["set in recipe"])
+    assert cov.set_index("field").loc["users", "how"] == "script"
+
+
+def test_a_field_a_tool_cannot_express_is_refused_with_its_name(monkeypatch):
+    from diskimages.build import prepare
+    from diskimages.tools import Tool, ToolUnavailable
+    t = get_tool("mkosi")
+    monkeypatch.setattr(type(t), "unsupported", {"kernel_cmdline": "no boot loader settings in this test"})
+    with pytest.raises(ToolUnavailable) as e:
+        prepare(SMALL, "mkosi")
+    assert "debian-12-small.yaml: kernel_cmdline: mkosi cannot do this" in str(e.value)
+
+
+def _mounts():
+    return Path("/proc/self/mountinfo").read_text()
+
+
+@pytest.fixture(scope="module", params=BUILDERS)
+def small_build(request, tmp_path_factory):
+    tool = request.param
+    _need(tool)
+    nspawn_before = Path("/run/systemd/nspawn").exists()
+    loops_before = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    mounts_before = _mounts()
+    os.environ["DISKIMAGES_TEST_PASSWORD"] = PASSWORD
+    try:
+        out = tmp_path_factory.mktemp(f"small-{tool}")
+        res = build(SMALL, tool, out, progress=False)
+    finally:
+        del os.environ["DISKIMAGES_TEST_PASSWORD"]
+    # nothing of the build's host workarounds is left behind
+    assert Path("/run/systemd/nspawn").exists() == nspawn_before
+    assert subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout == loops_before
+    assert _mounts() == mounts_before
+    return res
+
+
+@pytest.mark.build
+def test_small_build_follows_the_recipe(small_build):
+    rec = small_build.record
+    assert rec["tool"] in BUILDERS and rec["tool_version"]
+    assert rec["packages"] > 100 and rec["rootfs_bytes"] > 200 << 20 and rec["kernel"].endswith("amd64")
+    assert rec["file_bytes"] == small_build.image.stat().st_size
+    assert json.loads(small_build.record_path.read_text())["sha256"] == rec["sha256"]
+    assert isinstance(rec["host_workarounds"], list)
+    assert PASSWORD not in small_build.log.read_text(errors="replace")
+    with ImageReader(small_build.image) as r:
+        assert r.read("/etc/hostname").strip() == "small-test"
+        assert r.read("/etc/diskimages-overlay.txt").strip() == "placed by the recipe's overlay"
+        assert r.read("/etc/diskimages-release").startswith("BUILT_BY=diskimages")
+        assert r.read("/etc/timezone").strip() == "Europe/Paris"
+        assert r.exists("/usr/bin/tree")
+        shadow = r.read("/etc/shadow")
+        assert "user:$6$diskimagesuser$" in shadow and "root:!" in shadow
+        tester = next(line for line in shadow.splitlines() if line.startswith("tester:"))
+        assert tester.split(":")[1].startswith("$")            # a password hash, from the environment
+        assert PASSWORD not in shadow
+        assert "sudo:x:27:user" in r.read("/etc/group")
+        assert r.read("/etc/machine-id").strip() in ("", "uninitialized")
+        assert not [f for f in r.listdir("/etc/ssh") if f.startswith("ssh_host_")]
+        assert not r.exists(customize.STAGE) and not r.exists("/opt/diskimages-stage")
+        assert r.exists("/etc/systemd/system/multi-user.target.wants/ssh.service")
+        assert "root=UUID=" in r.read("/boot/grub/grub.cfg")
+
+
+@pytest.mark.boot
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_small_build_boots_to_login(small_build, firmware, tmp_path):
+    res = boot_check(small_build.image, small_build.record, firmware=firmware, screenshot_dir=tmp_path,
+                     backend="qemu")
+    assert res.passed, res.reason
+    assert b"small-test login:" in res.serial_log.read_bytes()
