@@ -16,7 +16,8 @@ from diskimages.recipe import list_recipe_names, load_recipe
 from diskimages.tools import get_tool
 
 SMALL = Path(__file__).parent / "recipes" / "debian-12-small.yaml"
-BUILDERS = ["mkosi", "debos"]
+BUILDERS = ["mkosi", "debos", "virt-install", "packer", "virt-builder"]
+RENDERERS = BUILDERS + ["oz"]        # oz renders every recipe; oz 0.17 cannot build Debian 12 (tested below)
 PASSWORD = "s3cret-tester-pw"
 
 
@@ -42,15 +43,80 @@ def _parse_check(tool, files: dict, where: Path):
                              cwd=where, capture_output=True, text=True)
         assert out.returncode == 0 and "Recipe done" in out.stdout + out.stderr, (out.stdout + out.stderr)[-2000:]
         return out.stdout + out.stderr
+    if tool == "virt-install":
+        # the import command with real files, through virt-install's own checks (--dry-run creates nothing)
+        from diskimages import libvirt_host
+        from diskimages.tools import get_tool as gt
+        from diskimages.tools import BuildContext
+        (where / "disk.raw").write_bytes(b"\0" * 1024)
+        (where / "user-data").write_text(files["user-data"])
+        conn, how = libvirt_host.connect()
+        try:
+            argv = gt("virt-install").argv(_ctx(), "diskimages-dry-run", where / "disk.raw", where / "user-data",
+                                           where / "serial.log", "qemu", "debian11")
+            out = subprocess.run([*argv, "--dry-run"], capture_output=True, text=True)
+        finally:
+            if how.startswith("started"):
+                libvirt_host.stop_started(conn)
+        assert out.returncode == 0, (out.stdout + out.stderr)[-2000:]
+        assert files["user-data"].startswith("#cloud-config") and "power_state" in files["user-data"]
+        return out.stdout + out.stderr
+    if tool == "packer":
+        from diskimages.tools import get_tool as gt
+        work = where / "w"
+        base = where / "base.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+        tpl = gt("packer").write_config(_ctx(), work, base, "tcg")
+        out = subprocess.run(["packer", "validate", str(tpl)], capture_output=True, text=True)
+        assert out.returncode == 0, (out.stdout + out.stderr)[-2000:]
+        (where / "installer").mkdir()
+        (where / "installer/i.pkr.hcl").write_text(files["installer/diskimages-installer.pkr.hcl"])
+        out2 = subprocess.run(["packer", "validate", str(where / "installer")], capture_output=True, text=True)
+        assert out2.returncode == 0, (out2.stdout + out2.stderr)[-2000:]
+        return out.stdout
+    if tool == "virt-builder":
+        from diskimages import vbrepo
+        img = where / "tiny.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(img), "64M"], check=True)
+        index = vbrepo.write_repo(where / "repo", [img])          # checked by virt-index-validate
+        from diskimages.hostfix import PrivateNamespace
+        from diskimages.tools.virt_builder import REPOS_D
+        with PrivateNamespace(where / "hostfix", hide=[REPOS_D]) as ns:
+            out = subprocess.run(ns.argv(["virt-builder", "--source", index.as_uri(), "--no-check-signature",
+                                          "--list"]), capture_output=True, text=True,
+                                 env={**os.environ, "HOME": str(where)})
+        assert out.returncode == 0 and "tiny" in out.stdout, (out.stdout + out.stderr)[-2000:]
+        assert "virt-builder" in files["command"] and "--run-command" in files["command"]
+        return out.stdout
+    if tool == "oz":
+        (where / "oz.tdl").write_text(files["oz.tdl"])
+        # oz's own TDL parser (the schema check oz-install runs first), in the Python oz is installed for
+        out = subprocess.run(["/usr/bin/python3", "-c", "import oz.TDL, sys; t = oz.TDL.TDL(open(sys.argv[1]).read());"
+                              " print(t.distro, t.update, len(t.packages))", str(where / "oz.tdl")],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout
     raise AssertionError(f"no parser check for {tool}")
 
 
-@pytest.mark.parametrize("tool", BUILDERS)
+_CTX_RECIPE = {}
+
+
+def _ctx():
+    """A build context for the recipe being rendered (set by the rendering test)."""
+    from diskimages.mirror import choose_mirror
+    from diskimages.tools import BuildContext
+    r = _CTX_RECIPE["recipe"]
+    return BuildContext(r, Path("WORK"), Path("LOG"), choose_mirror(r.distro))
+
+
+@pytest.mark.parametrize("tool", RENDERERS)
 @pytest.mark.parametrize("recipe", list_recipe_names() + [str(SMALL)])
 def test_renders_every_recipe_into_a_config_the_tool_accepts(tool, recipe, tmp_path, monkeypatch):
     _need(tool)
     monkeypatch.setenv("DISKIMAGES_TEST_PASSWORD", PASSWORD)
     r = load_recipe(recipe)
+    _CTX_RECIPE["recipe"] = r
     files = render(r, tool)
     text = _parse_check(tool, files, tmp_path / "cfg")
     conf = "\n".join(files.values())
@@ -62,6 +128,8 @@ def test_renders_every_recipe_into_a_config_the_tool_accepts(tool, recipe, tmp_p
         assert "useradd" in files["mkosi.postinst"]
     if tool == "debos":
         assert "image-partition" in text and f"{r.disk.size_bytes >> 20}MiB" in files["debos.yaml"]
+    if tool in ("virt-install", "packer", "virt-builder"):
+        assert "useradd" in files["vm-build.sh"] or "customize.sh" in files["vm-build.sh"]
 
 
 @pytest.mark.parametrize("tool", BUILDERS)
@@ -82,6 +150,15 @@ def test_a_field_a_tool_cannot_express_is_refused_with_its_name(monkeypatch):
     with pytest.raises(ToolUnavailable) as e:
         prepare(SMALL, "mkosi")
     assert "debian-12-small.yaml: kernel_cmdline: mkosi cannot do this" in str(e.value)
+
+
+def test_oz_refuses_debian_12_clearly():
+    _need("oz")
+    from diskimages.build import prepare
+    from diskimages.tools import ToolUnavailable
+    with pytest.raises(ToolUnavailable) as e:
+        prepare("debian-12-xfce", "oz")
+    assert "does not support Debian 12" in str(e.value) and "Unsupported Debian update 12" in str(e.value)
 
 
 def _mounts():

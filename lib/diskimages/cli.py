@@ -128,8 +128,26 @@ def _cmd_boot(args) -> int:
 
 
 def _cmd_matrix(args) -> int:
-    from .compare import matrix
-    print(json.dumps(matrix(args.recipe or None, args.tool or None)))
+    from .compare import gitlab_pipeline, matrix
+    if args.format == "gitlab":
+        print(gitlab_pipeline(args.recipe or None, args.tool or None), end="")
+    else:
+        print(json.dumps(matrix(args.recipe or None, args.tool or None)))
+    return 0
+
+
+def _cmd_vbrepo(args) -> int:
+    from .vbrepo import write_repo
+    index = write_repo(args.directory, args.image)
+    print(f"index: {index} (checked by virt-index-validate)\n"
+          f"use:   virt-builder --source {index.resolve().as_uri()} --no-check-signature --list")
+    return 0
+
+
+def _cmd_docs(args) -> int:
+    from .docs import build_site
+    index = build_site(args.output, args.results, build_recipe=args.build_recipe, tool=args.tool)
+    print(f"site: {index}")
     return 0
 
 
@@ -247,7 +265,19 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("matrix", help="the CI job matrix (JSON) of the recipe x tool pairs the tools can build")
     p.add_argument("--recipe", action="append", help="limit to these recipes (repeatable)")
     p.add_argument("--tool", action="append", help="limit to these tools (repeatable)")
+    p.add_argument("--format", choices=["github", "gitlab"], default="github",
+                   help="github: strategy.matrix JSON; gitlab: a child pipeline (YAML) with one job per pair")
     p.set_defaults(func=_cmd_matrix)
+    p = sub.add_parser("virt-builder-repo", help="publish built images as a virt-builder template repository")
+    p.add_argument("directory", help="where the index and the xz templates go (serve it over HTTP, or file://)")
+    p.add_argument("image", nargs="+", help="built images (their JSON records go into the notes)")
+    p.set_defaults(func=_cmd_vbrepo)
+    p = sub.add_parser("docs", help="execute the notebooks and render them with a landing page (HTML site)")
+    p.add_argument("--results", default="build/compare", help="records (and images) to compare and publish")
+    p.add_argument("--output", default="site")
+    p.add_argument("--build-recipe", help="build this recipe for the build page when no executed one exists")
+    p.add_argument("--tool", default="mmdebstrap")
+    p.set_defaults(func=_cmd_docs)
     p = sub.add_parser("push", help="push an image (and its JSON record) as an OCI artifact",
                        description="REF: HOST/REPO:TAG (credentials from DISKIMAGES_REGISTRY_USER/_PASSWORD or "
                                    "~/.docker/config.json), or REPO:TAG for the embedded local registry")

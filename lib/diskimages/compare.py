@@ -46,6 +46,46 @@ def matrix(recipes=None, tools=None) -> dict:
     return {"include": [{"recipe": r.recipe, "tool": r.tool} for r in df.itertuples() if r.buildable]}
 
 
+def gitlab_pipeline(recipes=None, tools=None) -> str:
+    """A GitLab child pipeline (YAML): one job per buildable pair, then the comparison over their records.
+    Builds need root and mount namespaces: a shell executor, or a Docker executor with `privileged = true`."""
+    import yaml
+    jobs: dict = {"stages": ["build", "compare"]}
+    names = []
+    for job in matrix(recipes, tools)["include"]:
+        r, t = job["recipe"], job["tool"]
+        name = f"build {r} {t}"
+        names.append(name)
+        jobs[name] = {
+            "stage": "build", "image": "debian:bookworm", "timeout": "90m",
+            "variables": {"RECIPE": r, "TOOL": t},
+            "script": [
+                "./scripts/setup.sh",
+                "mkdir -p build/notebooks",
+                ".venv/bin/papermill notebooks/build.ipynb build/notebooks/$RECIPE.$TOOL.ipynb "
+                "-p recipe $RECIPE -p tool $TOOL -p output_dir build",
+                "DISKIMAGES_REGISTRY_USER=$CI_REGISTRY_USER DISKIMAGES_REGISTRY_PASSWORD=$CI_REGISTRY_PASSWORD "
+                ".venv/bin/python -m diskimages push build/$RECIPE.$TOOL.qcow2 $CI_REGISTRY_IMAGE/$RECIPE:$TOOL",
+            ],
+            "artifacts": {"when": "always", "paths": ["build/*.json", "build/*.log", "build/*.png",
+                                                      "build/notebooks/"]},
+        }
+    jobs["compare"] = {
+        "stage": "compare", "image": "debian:bookworm", "when": "always",
+        "needs": [{"job": n, "artifacts": True} for n in names],
+        "script": [
+            "apt-get update -q && apt-get install -y -q --no-install-recommends python3 python3-venv",
+            "python3 -m venv .venv && .venv/bin/pip install -q -e .",
+            ".venv/bin/python -m ipykernel install --sys-prefix --name python3",
+            ".venv/bin/papermill notebooks/compare.ipynb build/compare.ipynb -p output_dir build "
+            "-p build_missing False",
+            ".venv/bin/jupyter nbconvert --to html build/compare.ipynb",
+        ],
+        "artifacts": {"paths": ["build/"]},
+    }
+    return yaml.safe_dump(jobs, sort_keys=False, width=200)
+
+
 def record_path(output_dir: Path, recipe: str, tool: str) -> Path:
     return Path(output_dir) / f"{recipe}.{tool}.json"
 
@@ -78,8 +118,9 @@ def run_pair(recipe: str, tool: str, output_dir: Path, *, rebuild: bool = False,
 
 
 def run(recipes=None, tools=None, output_dir: Path | str = "build/compare", *, rebuild: bool = False,
-        boot_test: bool = True, mirror: str = "", progress: bool = True):
-    """Build (or reuse) every buildable pair; returns the pairs table with each pair's outcome."""
+        boot_test: bool = True, mirror: str = "", progress: bool = True, build_missing: bool = True):
+    """Build (or reuse) every buildable pair; returns the pairs table with each pair's outcome.
+    `build_missing` False only reads the records already there (e.g. collected from CI jobs)."""
     from .progress import tqdm_class
     df = pairs(recipes, tools)
     outcomes = []
@@ -90,8 +131,15 @@ def run(recipes=None, tools=None, output_dir: Path | str = "build/compare", *, r
             outcomes.append("skipped: " + row.reason)
             continue
         bar.set_postfix_str(f"{row.recipe} / {row.tool}")
+        rec = record_path(Path(output_dir), row.recipe, row.tool)
+        existed = rec.is_file()
+        if not build_missing and not existed:
+            outcomes.append("no record")
+            bar.update(1)
+            continue
         r = run_pair(row.recipe, row.tool, Path(output_dir), rebuild=rebuild, boot_test=boot_test, mirror=mirror)
-        outcomes.append("failed: " + r["reason"] if r.get("status") == "failed" else "built")
+        outcomes.append("failed: " + r["reason"] if r.get("status") == "failed" else
+                        "built" if rebuild or not existed else "reused record")
         bar.update(1)
     bar.close()
     df["outcome"] = outcomes

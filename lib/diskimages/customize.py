@@ -139,6 +139,10 @@ def render_script(recipe: Recipe, stage: str = STAGE) -> str:
     add(_write("/etc/systemd/network/80-diskimages-dhcp.network", NETWORKD_DHCP))
     add("  systemctl enable systemd-networkd.service")
     add("  if [ -f /lib/systemd/system/systemd-resolved.service ]; then systemctl enable systemd-resolved.service; fi")
+    add("elif [ -f /etc/systemd/network/80-diskimages-dhcp.network ]; then")
+    add("  # a desktop made from a console base image: NetworkManager takes over from systemd-networkd")
+    add("  rm -f /etc/systemd/network/80-diskimages-dhcp.network")
+    add("  systemctl disable systemd-networkd.service")
     add("fi")
 
     step("ssh host keys are generated at first boot")

@@ -256,3 +256,27 @@ def convert(raw: Path, out: Path, fmt: str, compression: str, log: Optional[Path
     if compression != "none":
         cmd += ["-c", "-o", f"compression_type={compression}"]
     runner.run([*cmd, raw, out], log=log)
+
+
+def raw_disk_info(raw: Path):
+    """Read what the record needs from a raw disk another tool made (debugfs, no mounts)."""
+    from .tools import DiskInfo
+    import re
+    off = root_partition_offset(raw)
+    target = f"{raw}?offset={off}"
+
+    def dbg(req: str) -> str:
+        return subprocess.run(["debugfs", "-R", req, target], capture_output=True).stdout.decode(errors="replace")
+
+    stats = dbg("stats")
+    uuid = re.search(r"Filesystem UUID:\s*(\S+)", stats).group(1)
+    blocks = int(re.search(r"Block count:\s*(\d+)", stats).group(1))
+    free = int(re.search(r"Free blocks:\s*(\d+)", stats).group(1))
+    bsize = int(re.search(r"Block size:\s*(\d+)", stats).group(1))
+    status = dbg("cat /var/lib/dpkg/status")
+    packages = sum(1 for s in status.split("\n\n") if "Status: install ok installed" in s)
+    boot = dbg("ls -p /boot")
+    kernels = [f.split("/")[5].removeprefix("vmlinuz-") for f in boot.splitlines()
+               if f.count("/") >= 6 and f.split("/")[5].startswith("vmlinuz-")]
+    return DiskInfo(root_uuid=uuid, kernel=sorted(kernels)[-1] if kernels else "",
+                    packages=packages, rootfs_bytes=(blocks - free) * bsize)

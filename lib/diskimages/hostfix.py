@@ -47,9 +47,11 @@ class PrivateNamespace:
         run(ns.argv(["debos", ...]))
     """
 
-    def __init__(self, work: Path, *, nspawn: bool = False, udev: bool = False, dev_disk: bool = False):
+    def __init__(self, work: Path, *, nspawn: bool = False, udev: bool = False, dev_disk: bool = False,
+                 hide: Sequence[str] = ()):
         self.work = Path(work)
         self.want_nspawn, self.want_udev, self.want_dev_disk = nspawn, udev, dev_disk
+        self.hide = list(hide)
         self.applied: list[str] = []
         self._created: list[Path] = []
         self._mounts: list[str] = []
@@ -86,6 +88,11 @@ class PrivateNamespace:
                     self._mounts.append(f"mount --bind {shlex.quote(str(fake))} {shlex.quote(real)}")
                     self.applied.append("udevadm settle/trigger return at once (private mount namespace): "
                                         "no udevd runs")
+            for d in self.hide:
+                if Path(d).is_dir():
+                    # an empty folder over it: the tool sees none of the host's files there
+                    self._mounts.append(f"mount -t tmpfs -o ro,mode=755 tmpfs {shlex.quote(d)}")
+                    self.applied.append(f"{d} hidden (empty, private mount namespace)")
         except BaseException:
             self.__exit__(None, None, None)
             raise

@@ -17,7 +17,7 @@ from ..paths import cache_dir
 from ..recipe import Recipe
 
 TOOLS: dict[str, type["Tool"]] = {}
-_MODULES = ("mmdebstrap", "mkosi", "debos")
+_MODULES = ("mmdebstrap", "mkosi", "debos", "virt_install", "packer", "virt_builder", "oz")
 
 
 class ToolUnavailable(RuntimeError):
@@ -122,6 +122,21 @@ class Tool:
 
 COVERED_FIELDS = ("packages", "desktop", "hostname", "locale", "timezone", "keyboard", "users", "autologin",
                   "files", "scripts", "services", "kernel_cmdline", "disk", "output")
+
+
+def shell_command(argv: list[str]) -> str:
+    """A command line to show: the program, then one option with its value per line."""
+    import shlex
+    out, i = [shlex.quote(str(argv[0]))], 1
+    while i < len(argv):
+        a = str(argv[i])
+        if a.startswith("-") and i + 1 < len(argv) and not str(argv[i + 1]).startswith("-"):
+            out.append(f"{a} {shlex.quote(str(argv[i + 1]))}")
+            i += 2
+        else:
+            out.append(shlex.quote(a))
+            i += 1
+    return " \\\n  ".join(out) + "\n"
 
 
 def _field_is_set(recipe: Recipe, fld: str) -> bool:

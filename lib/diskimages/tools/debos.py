@@ -14,7 +14,6 @@ Host paths, said in the record's `host_workarounds`:
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -158,7 +157,7 @@ class Debos(Tool):
             finally:
                 _detach_loops(out / IMAGE)
         os.replace(out / IMAGE, raw)
-        return disk_info(raw)
+        return disk.raw_disk_info(raw)
 
 
 def _detach_loops(image: Path) -> None:
@@ -167,25 +166,3 @@ def _detach_loops(image: Path) -> None:
     for line in r.stdout.splitlines():
         dev = line.split(":", 1)[0]
         subprocess.run(["losetup", "-d", dev], capture_output=True)
-
-
-def disk_info(raw: Path) -> DiskInfo:
-    """Read what the record needs from a raw disk another tool made (debugfs, no mounts)."""
-    off = disk.root_partition_offset(raw)
-    target = f"{raw}?offset={off}"
-
-    def dbg(req: str) -> str:
-        return subprocess.run(["debugfs", "-R", req, target], capture_output=True).stdout.decode(errors="replace")
-
-    stats = dbg("stats")
-    uuid = re.search(r"Filesystem UUID:\s*(\S+)", stats).group(1)
-    blocks = int(re.search(r"Block count:\s*(\d+)", stats).group(1))
-    free = int(re.search(r"Free blocks:\s*(\d+)", stats).group(1))
-    bsize = int(re.search(r"Block size:\s*(\d+)", stats).group(1))
-    status = dbg("cat /var/lib/dpkg/status")
-    packages = sum(1 for s in status.split("\n\n") if "Status: install ok installed" in s)
-    boot = dbg("ls -p /boot")
-    kernels = [f.split("/")[5].removeprefix("vmlinuz-") for f in boot.splitlines()
-               if f.count("/") >= 6 and f.split("/")[5].startswith("vmlinuz-")]
-    return DiskInfo(root_uuid=uuid, kernel=sorted(kernels)[-1] if kernels else "",
-                    packages=packages, rootfs_bytes=(blocks - free) * bsize)

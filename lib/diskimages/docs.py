@@ -1,0 +1,115 @@
+"""The documentation site: the notebooks executed (by papermill) and rendered to HTML (nbconvert), with a
+landing page that explains the cookbook and links every page.
+
+`build_site(out, results)` executes:
+  * compare.ipynb over the records in `results` (nothing is built: build_missing False);
+  * explore.ipynb (the widgets, and how the default tool carries out the recipe);
+  * build.ipynb: the executed copies found under `results/notebooks/` (what compare or CI ran), else — with
+    `build_recipe` set and root — a fresh build of that (small) recipe, else the notebook unexecuted;
+  * publish.ipynb against the embedded registry with an image from `results`, when there is one.
+"""
+from __future__ import annotations
+
+import html
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from .paths import notebooks_dir
+
+PAGES = [
+    ("compare", "Compare", "one recipe, every tool, measured side by side: times, sizes, boot, screenshots"),
+    ("build", "Build", "one recipe with one tool: the tool's native configuration, the build, the boot check"),
+    ("publish", "Publish", "push an image as an OCI artifact, list tags, pull it back verified, get a URL"),
+    ("explore", "Explore", "edit a recipe with widgets, validate live, build, boot and publish (JupyterLab)"),
+]
+
+
+def _html(nb_path: Path, out: Path) -> None:
+    import nbformat
+    from nbconvert import HTMLExporter
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(nb_path, as_version=4))
+    out.write_text(body)
+
+
+def _execute(name: str, dest: Path, params: dict, cwd: Path) -> Path:
+    import papermill as pm
+    pm.execute_notebook(str(notebooks_dir() / f"{name}.ipynb"), str(dest), parameters=params, cwd=str(cwd),
+                        progress_bar=False)
+    return dest
+
+
+def build_site(out: Path | str, results: Path | str, *, build_recipe: Optional[str] = None,
+               tool: str = "mmdebstrap") -> Path:
+    """Write the site to `out` (index.html + one page per notebook); returns the index page."""
+    import os
+
+    out, results = Path(out).resolve(), Path(results).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="diskimages-docs-"))
+    status = {}
+    try:
+        executed = {}
+        executed["compare"] = _execute("compare", work / "compare.ipynb",
+                                       {"recipes": [], "tools": [], "output_dir": str(results),
+                                        "build_missing": False}, work)
+        executed["explore"] = _execute("explore", work / "explore.ipynb", {"tool": tool}, work)
+        ran = sorted((results / "notebooks").glob("*.ipynb")) if (results / "notebooks").is_dir() else []
+        if ran:
+            executed["build"] = ran[-1]
+            status["build"] = f"executed: {ran[-1].stem}"
+        elif build_recipe and os.geteuid() == 0:
+            executed["build"] = _execute("build", work / "build.ipynb",
+                                         {"recipe": build_recipe, "tool": tool,
+                                          "output_dir": str(work / "build")}, work)
+            status["build"] = f"executed: {build_recipe} with {tool}"
+        else:
+            executed["build"] = notebooks_dir() / "build.ipynb"
+            status["build"] = "not executed (no build here)"
+        images = sorted(results.glob("*.qcow2"), key=lambda p: p.stat().st_size)
+        if images:
+            executed["publish"] = _execute("publish", work / "publish.ipynb",
+                                           {"image": str(images[0]), "ref": f"diskimages/{images[0].stem}:docs",
+                                            "storage": str(work / "registry"), "pull_dir": str(work / "pulled")},
+                                           work)
+            status["publish"] = f"executed with {images[0].name} (embedded registry)"
+        else:
+            executed["publish"] = notebooks_dir() / "publish.ipynb"
+            status["publish"] = "not executed (no image in the results)"
+        status.setdefault("compare", f"executed over {results.name}")
+        status.setdefault("explore", "executed (the widgets need a live kernel to act)")
+        for name, nb in executed.items():
+            _html(nb, out / f"{name}.html")
+            shutil.copy(nb, out / f"{name}.ipynb")
+        index = out / "index.html"
+        index.write_text(_landing(status))
+        return index
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _landing(status: dict) -> str:
+    from .recipe import list_recipe_names, load_recipe
+    from .tools import tool_table
+    items = "".join(f"<li><a href='{n}.html'>{t}</a> — {html.escape(d)} <small>({html.escape(status.get(n, ''))})"
+                    f"</small></li>" for n, t, d in PAGES)
+    recipes = "".join(f"<li><code>{n}</code> — {html.escape(load_recipe(n).description)}</li>"
+                      for n in list_recipe_names())
+    tools = tool_table()[["tool", "produces", "version", "description"]].to_html(index=False, na_rep="not installed")
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>disk-images cookbook</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .5em}}</style></head>
+<body>
+<h1>disk-images cookbook</h1>
+<p>Ready-to-use <em>desktop</em> Linux disk images (qcow2) from one declarative recipe, built with any of the
+well-known image tools, boot-tested, measured side by side, and published as OCI artifacts to container
+registries, from which anyone can pull them or get a plain download URL.</p>
+<h2>The notebooks</h2><ul id="pages">{items}</ul>
+<h2>Recipes</h2><ul>{recipes}</ul>
+<h2>Build tools</h2>{tools}
+<p>Run a notebook yourself: <code>papermill notebooks/build.ipynb out.ipynb -p recipe debian-12-xfce
+-p tool mmdebstrap</code>, or open it in JupyterLab.</p>
+</body></html>
+"""

@@ -1,0 +1,197 @@
+"""What the VM-driven builders (virt-install, Packer, virt-builder) share.
+
+They start from a base image made by this project (`debian-12-cloud-base`, built with the native builder and
+cached by its recipe digest) and turn it into the recipe's image inside a VM, the way these tools are used with
+distribution cloud images. Inside the VM one script (`vm-build.sh`, in a staging tarball with the shared
+customisation script, the recipe's files and scripts) installs the packages without Recommends (as the other
+builders do), sets the kernel command line, runs customize.sh, and cleans cloud-init's state; it reports its
+result on the serial console. Base images from `debian-12-cloud-base` have GPT + BIOS boot + ESP + ext4 root
+with the root last, so the disk is grown by moving the GPT backup header here and growing the root partition and
+file system at first boot (cloud-init growpart/resizefs).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shlex
+import subprocess
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from . import customize, disk
+from .distros import get_distro
+from .paths import cache_dir
+from .recipe import Recipe, load_recipe
+
+BASE_RECIPE = "debian-12-cloud-base"
+OK_MARK = "DISKIMAGES-VM-BUILD-OK"
+FAIL_MARK = "DISKIMAGES-VM-BUILD-FAILED"
+VM_SCRIPT = "vm-build.sh"
+
+
+def base_image(ctx, tool: str) -> tuple[Path, dict]:
+    """The cloud base image (built with mmdebstrap the first time, then reused while its recipe is unchanged;
+    a recipe may name another with `tools: {TOOL: {base: RECIPE}}`); returns (path, info) where info says
+    whether it was built now and how long that took."""
+    from .build import build
+    recipe = load_recipe(ctx.recipe.tool_options(tool).get("base", BASE_RECIPE))
+    where = cache_dir("base", recipe.name)
+    digest = recipe.digest().split(":")[1][:16]
+    image = where / f"{recipe.name}.{digest}.qcow2"
+    if image.is_file():
+        return image, {"base_image": image.name, "base_built_s": 0.0, "base_recipe": recipe.name}
+    t0 = time.monotonic()
+    res = build(recipe, "mmdebstrap", where / "build", mirror=ctx.mirror.uri if ctx.mirror.origin == "parameter"
+                else None, use_cache=ctx.use_cache, progress=False)
+    os.replace(res.record_path, image.with_suffix(".json"))
+    os.replace(res.image, image)
+    return image, {"base_image": image.name, "base_built_s": round(time.monotonic() - t0, 1),
+                   "base_recipe": recipe.name}
+
+
+def vm_script(recipe: Recipe) -> str:
+    """The script the VM runs as root: packages, kernel command line, the shared customisation, clean-up."""
+    pkgs = " ".join(shlex.quote(p) for p in get_distro(recipe.distro).packages_for(recipe))
+    stage = customize.STAGE
+    return f"""#!/bin/sh
+# diskimages: turn the cloud base into recipe {recipe.name} (runs inside the build VM as root)
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+echo "diskimages: packages"
+apt-get update -q
+apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold {pkgs}
+echo "diskimages: kernel command line"
+sed -i -E 's#^(  linux .* ro {disk.SERIAL_CONSOLE}).*#\\1 {recipe.kernel_cmdline}#' /boot/grub/grub.cfg
+sed -i -E 's#^GRUB_CMDLINE_LINUX_DEFAULT=.*#GRUB_CMDLINE_LINUX_DEFAULT="{recipe.kernel_cmdline}"#' /etc/default/grub
+echo "diskimages: customisation"
+sh {stage}/customize.sh
+rm -rf {stage}
+echo "diskimages: cloud-init state removed (the image configures itself again if given a seed)"
+cloud-init clean --logs --seed || true
+rm -rf /var/lib/cloud/instances /var/lib/cloud/instance
+"""
+
+
+def stage_tarball(recipe: Recipe) -> bytes:
+    """customize.sh, the recipe's files and scripts, the passwords from the environment (root-only) and
+    vm-build.sh, as a tar.gz that unpacks at /."""
+    with tempfile.TemporaryDirectory(prefix="diskimages-stage-") as tmp:
+        root = Path(tmp)
+        st = customize.stage(recipe, root, secrets=True)
+        (st / VM_SCRIPT).write_text(vm_script(recipe))
+        (st / VM_SCRIPT).chmod(0o755)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            tar.add(st, arcname=customize.STAGE.lstrip("/"))
+        return buf.getvalue()
+
+
+def run_line() -> str:
+    """The shell line that unpacks the stage, runs vm-build.sh and reports on the serial console."""
+    st = customize.STAGE
+    return (f"if sh {st}/{VM_SCRIPT} > /var/log/diskimages-vm-build.log 2>&1; then echo {OK_MARK} > /dev/ttyS0; "
+            f"else echo \"{FAIL_MARK} $?\" > /dev/ttyS0; tail -n 30 /var/log/diskimages-vm-build.log > /dev/ttyS0; "
+            f"fi; rm -f /var/log/diskimages-vm-build.log")
+
+
+def cloud_config(recipe: Recipe, tarball: Optional[bytes], *, ssh_user: Optional[str] = None,
+                 ssh_pubkey: Optional[str] = None, apply: bool = True, poweroff: bool = True) -> str:
+    """#cloud-config user-data: the staging tarball as a file, then (apply) unpack and run it, then power off.
+    With `ssh_user`, a build user with that key (the Packer path; the user is deleted at the end)."""
+    import yaml
+    cfg: dict = {"growpart": {"mode": "auto", "devices": ["/"]}, "resize_rootfs": True}
+    if tarball is not None:
+        cfg["write_files"] = [{"path": "/var/tmp/diskimages-stage.tar.gz", "encoding": "b64",
+                               "permissions": "0600", "content": base64.b64encode(tarball).decode()}]
+        cmds = ["tar -xzf /var/tmp/diskimages-stage.tar.gz -C / && rm -f /var/tmp/diskimages-stage.tar.gz"]
+        if apply:
+            cmds.append(run_line())
+        cfg["runcmd"] = cmds
+    if ssh_user:
+        cfg["users"] = [{"name": ssh_user, "sudo": "ALL=(ALL) NOPASSWD:ALL", "shell": "/bin/sh",
+                         "ssh_authorized_keys": [ssh_pubkey]}]
+    if poweroff:
+        cfg["power_state"] = {"mode": "poweroff", "condition": True, "timeout": 30}
+    return "#cloud-config\n" + yaml.safe_dump(cfg, sort_keys=False, width=1 << 20)
+
+
+def prepare_disk(base: Path, raw: Path, size: int, log: Optional[Path] = None) -> None:
+    """The base image as a raw disk of the recipe's size (GPT backup header moved to the new end)."""
+    from .runner import run
+    run(["qemu-img", "convert", "-O", "raw", base, raw], log=log)
+    if raw.stat().st_size < size:
+        with open(raw, "r+b") as f:
+            f.truncate(size)
+        run(["sfdisk", "--relocate", "gpt-bak-std", raw], log=log)
+
+
+class SerialWatch:
+    """Follows a serial log file: lines to `on_line`, and whether the build reported success or failure."""
+
+    def __init__(self, path: Path, on_line: Optional[Callable[[str], None]] = None):
+        self.path, self.on_line = path, on_line
+        self.ok = False
+        self.failed: Optional[str] = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+
+    def __enter__(self) -> "SerialWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._scan_all()
+
+    def _scan_all(self) -> None:
+        if self.path.exists():
+            for line in self.path.read_bytes().decode(errors="replace").splitlines():
+                self._check(line)
+
+    def _check(self, line: str) -> None:
+        if OK_MARK in line:
+            self.ok = True
+        elif FAIL_MARK in line and self.failed is None:
+            self.failed = line.split(FAIL_MARK, 1)[1].strip() or "?"
+
+    def _follow(self) -> None:
+        pos = 0
+        buf = b""
+        while not self._stop.is_set():
+            if self.path.exists():
+                with open(self.path, "rb") as f:
+                    f.seek(pos)
+                    data = f.read()
+                    pos += len(data)
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                for raw in lines:
+                    line = raw.decode(errors="replace").strip()
+                    self._check(line)
+                    if line and self.on_line:
+                        self.on_line(line)
+            time.sleep(0.5)
+
+    def tail(self, n: int = 30) -> str:
+        if not self.path.exists():
+            return ""
+        return "\n".join(self.path.read_bytes().decode(errors="replace").splitlines()[-n:])
+
+
+def osinfo_name() -> str:
+    """A Debian 12 name virt-install's osinfo database knows (older databases stop at debian11)."""
+    try:
+        out = subprocess.run(["virt-install", "--osinfo", "list"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "linux2022"
+    names = {n.strip() for line in out.splitlines() for n in line.split(",")}
+    for cand in ("debian12", "debian11", "linux2022"):
+        if cand in names:
+            return cand
+    return "generic"

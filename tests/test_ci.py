@@ -1,0 +1,70 @@
+"""The CI pipelines for users: valid YAML, a job per recipe x tool taken from `python -m diskimages matrix`, and
+only commands that exist in the repository."""
+import json
+import re
+import subprocess
+import sys
+
+import yaml
+
+from diskimages import compare
+from diskimages.cli import parser as build_parser
+from diskimages.paths import REPO_DIR
+
+WORKFLOW = REPO_DIR / ".github/workflows/images.yml"
+GITLAB = REPO_DIR / ".gitlab-ci.yml"
+
+
+def _matrix(*args):
+    out = subprocess.run([sys.executable, "-m", "diskimages", "matrix", *args], capture_output=True, text=True,
+                         check=True)
+    return out.stdout
+
+
+def _subcommands():
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return set(action.choices)
+
+
+def _check_commands(script: str):
+    """Every repository path and diskimages subcommand a CI step runs exists."""
+    for path in re.findall(r"(?:\./)?((?:scripts|notebooks|bench)/[\w.-]+)", script):
+        assert (REPO_DIR / path).exists(), path
+    for sub in re.findall(r"-m diskimages (\w[\w-]*)", script):
+        assert sub in _subcommands(), sub
+
+
+def test_matrix_is_every_buildable_recipe_tool_pair():
+    m = json.loads(_matrix())
+    df = compare.pairs(check_installed=False)
+    expected = {(r.recipe, r.tool) for r in df.itertuples() if r.buildable}
+    assert {(j["recipe"], j["tool"]) for j in m["include"]} == expected
+    assert ("debian-12-xfce", "mkosi") in expected and ("debian-12-xfce", "debos") in expected
+
+
+def test_github_workflow_is_valid_and_uses_the_matrix_command():
+    wf = yaml.safe_load(WORKFLOW.read_text())
+    jobs = wf["jobs"]
+    assert set(jobs) == {"matrix", "build", "compare"}
+    assert "diskimages matrix" in jobs["matrix"]["steps"][-1]["run"]
+    assert jobs["build"]["strategy"]["matrix"] == "${{ fromJSON(needs.matrix.outputs.matrix) }}"
+    assert jobs["compare"]["needs"] == "build"
+    for job in jobs.values():
+        for step in job["steps"]:
+            _check_commands(step.get("run", ""))
+    pushes = [s for s in jobs["build"]["steps"] if "diskimages push" in s.get("run", "")]
+    assert pushes and "secrets.GITHUB_TOKEN" in pushes[0]["env"]["DISKIMAGES_REGISTRY_PASSWORD"]
+    assert "secrets" not in pushes[0]["run"]          # the token reaches the tool only through the environment
+
+
+def test_gitlab_child_pipeline_has_a_job_per_pair_and_the_comparison():
+    parent = yaml.safe_load(GITLAB.read_text())
+    assert "diskimages matrix --format gitlab" in " ".join(parent["plan"]["script"])
+    child = yaml.safe_load(_matrix("--format", "gitlab"))
+    pairs = {(j["recipe"], j["tool"]) for j in json.loads(_matrix())["include"]}
+    builds = {n: j for n, j in child.items() if n.startswith("build ")}
+    assert {(j["variables"]["RECIPE"], j["variables"]["TOOL"]) for j in builds.values()} == pairs
+    assert {n["job"] for n in child["compare"]["needs"]} == set(builds)
+    for job in [*builds.values(), child["compare"], parent["plan"]]:
+        _check_commands("\n".join(job["script"]))
