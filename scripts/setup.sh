@@ -11,6 +11,8 @@ SUDO=""
 PACKAGES="mmdebstrap debian-archive-keyring qemu-system-x86 qemu-utils ovmf
   e2fsprogs dosfstools mtools fdisk util-linux procps curl
   mkosi debootstrap systemd-container debos parted
+  virtinst packer guestfs-tools xorriso xz-utils oz
+  chromium
   docker-registry skopeo
   libvirt-daemon-system libvirt-clients dnsmasq-base iptables openssh-client
   python3 python3-venv python3-dev gcc pkg-config libvirt-dev"

@@ -29,7 +29,7 @@ PHASES = ("bootstrap", "customize", "assemble", "compress")
 def phases_of(tool: Tool) -> tuple[str, ...]:
     """The phases a build with this tool goes through (a disk tool's own run is one 'build' phase)."""
     if tool.produces == "disk":
-        return ("build", "compress")
+        return ((tool.prepare_phase,) if tool.prepare_phase else ()) + ("build", "compress")
     if tool.applies_recipe:
         return ("bootstrap", "assemble", "compress")
     return PHASES
@@ -134,6 +134,9 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
             work.mkdir()
             rootfs, raw = work / "rootfs", work / "disk.raw"
             if t.produces == "disk":
+                if t.prepare_phase:
+                    with timer.phase(t.prepare_phase), bar.phase(t.prepare_phase):
+                        t.prepare(ctx)
                 with timer.phase("build"), bar.phase("build"):
                     info = t.build_disk(ctx, raw)
                 stats.update(packages=info.packages, rootfs_bytes=info.rootfs_bytes, kernel=info.kernel)
@@ -175,11 +178,12 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
         "total_cpu_s": round(sum(p["cpu_s"] for p in timer.phases.values()), 2),
         "downloaded_bytes": ctx.stats.get("downloaded_bytes"),
         "packages": stats["packages"], "rootfs_bytes": stats["rootfs_bytes"],
-        "virtual_bytes": recipe.disk.size_bytes, "allocated_bytes": stats["allocated_bytes"],
+        "virtual_bytes": measure.qemu_img_info(final)["virtual-size"], "allocated_bytes": stats["allocated_bytes"],
         "file_bytes": final.stat().st_size, "sha256": sha,
         "image": final.name, "format": recipe.output.format, "compression": recipe.output.compression,
         "firmware": recipe.disk.firmware, "kernel": stats["kernel"], "root_uuid": root_uuid,
         "host_workarounds": ctx.stats.get("host_workarounds", []),
+        "base": ctx.stats.get("base"),
         "autologin_uid": recipe.user_uid(recipe.autologin) if recipe.autologin else None,
         "expect": "desktop" if recipe.desktop != "none" else "login",
     }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import shlex
 import subprocess
@@ -32,6 +33,14 @@ BASE_RECIPE = "debian-12-cloud-base"
 OK_MARK = "DISKIMAGES-VM-BUILD-OK"
 FAIL_MARK = "DISKIMAGES-VM-BUILD-FAILED"
 VM_SCRIPT = "vm-build.sh"
+BUILD_UID = 59999
+
+
+def prepare_base(ctx, tool: str) -> None:
+    """Tool.prepare of the VM builders: the base image, remembered in ctx.stats (the record's `base`)."""
+    path, info = base_image(ctx, tool)
+    ctx.stats["base"] = info
+    ctx.stats["base_path"] = path
 
 
 def base_image(ctx, tool: str) -> tuple[Path, dict]:
@@ -113,7 +122,8 @@ def cloud_config(recipe: Recipe, tarball: Optional[bytes], *, ssh_user: Optional
             cmds.append(run_line())
         cfg["runcmd"] = cmds
     if ssh_user:
-        cfg["users"] = [{"name": ssh_user, "sudo": "ALL=(ALL) NOPASSWD:ALL", "shell": "/bin/sh",
+        # a UID far from the recipe's users (they start at 1000); deleted before the image is finished
+        cfg["users"] = [{"name": ssh_user, "uid": BUILD_UID, "sudo": "ALL=(ALL) NOPASSWD:ALL", "shell": "/bin/sh",
                          "ssh_authorized_keys": [ssh_pubkey]}]
     if poweroff:
         cfg["power_state"] = {"mode": "poweroff", "condition": True, "timeout": 30}
@@ -123,6 +133,11 @@ def cloud_config(recipe: Recipe, tarball: Optional[bytes], *, ssh_user: Optional
 def prepare_disk(base: Path, raw: Path, size: int, log: Optional[Path] = None) -> None:
     """The base image as a raw disk of the recipe's size (GPT backup header moved to the new end)."""
     from .runner import run
+    base_size = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(base)], capture_output=True,
+                                          text=True, check=True).stdout)["virtual-size"]
+    if size < base_size:
+        raise ValueError(f"disk.size {size >> 20} MiB is smaller than the base image ({base_size >> 20} MiB): "
+                         "the VM builders can grow the base, not shrink it (allowed: at least the base's size)")
     run(["qemu-img", "convert", "-O", "raw", base, raw], log=log)
     if raw.stat().st_size < size:
         with open(raw, "r+b") as f:

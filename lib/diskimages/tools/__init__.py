@@ -112,6 +112,12 @@ class Tool:
         """Make the root file system tree in `rootfs` (rootfs tools)."""
         raise NotImplementedError
 
+    #: the name of a phase run before the build (e.g. "base": the VM builders' cloud base image), or None
+    prepare_phase: ClassVar[Optional[str]] = None
+
+    def prepare(self, ctx: BuildContext) -> None:
+        """Work before the tool's own run, timed as `prepare_phase` (the VM builders make their base image)."""
+
     def build_disk(self, ctx: BuildContext, raw: Path) -> DiskInfo:
         """Make the bootable raw disk `raw` (disk tools)."""
         raise NotImplementedError

@@ -46,6 +46,7 @@ class Packer(Tool):
     program = "packer"
     produces = "disk"
     applies_recipe = True
+    prepare_phase = "base"
     description = "HashiCorp Packer: qemu builder from the cloud base image, shell provisioner applies the recipe"
     distros = ("debian",)
     native = {"packages": "shell provisioner (apt-get install --no-install-recommends)",
@@ -130,6 +131,9 @@ build {{
 }}
 """
 
+    def prepare(self, ctx: BuildContext) -> None:
+        vmbuild.prepare_base(ctx, self.name)
+
     def render(self, ctx: BuildContext) -> dict[str, str]:
         work = Path("WORK")
         files = {"diskimages.pkr.hcl": self.template(ctx, work, Path("BASE/debian-12-cloud-base.qcow2"),
@@ -173,10 +177,9 @@ build {{
         return tpl
 
     def build_disk(self, ctx: BuildContext, raw: Path) -> DiskInfo:
-        base, info = vmbuild.base_image(ctx, self.name)
-        ctx.stats.update(info)
+        base = ctx.stats["base_path"]
         work = ctx.work / "packer"
-        accel, why = choose_accel()
+        accel, why = choose_accel(base)
         ctx.stats["host_workarounds"] = [f"accelerator = {accel}: {why}"]
         tpl = self.write_config(ctx, work, base, "kvm" if accel == "kvm" else "tcg")
         env = {"PACKER_CACHE_DIR": str(work / "cache"), "CHECKPOINT_DISABLE": "1", "PACKER_NO_COLOR": "1",

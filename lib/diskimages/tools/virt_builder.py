@@ -29,6 +29,7 @@ class VirtBuilder(Tool):
     program = "virt-builder"
     produces = "disk"
     applies_recipe = True
+    prepare_phase = "base"
     description = "libguestfs' virt-builder from a template repository of the cloud base made by diskimages"
     distros = ("debian",)
     native = {"packages": "--run-command vm-build.sh (apt-get install --no-install-recommends)",
@@ -44,6 +45,9 @@ class VirtBuilder(Tool):
                                  "rm -f /var/tmp/diskimages-stage.tar.gz",
                 "--run-command", f"sh {st}/{vmbuild.VM_SCRIPT}"]
 
+    def prepare(self, ctx: BuildContext) -> None:
+        vmbuild.prepare_base(ctx, self.name)
+
     def render(self, ctx: BuildContext) -> dict[str, str]:
         argv = self.argv(ctx, Path("/REPO/index"), vmbuild.BASE_RECIPE, Path("WORK/disk.raw"),
                          Path("WORK/stage.tar.gz"))
@@ -52,22 +56,21 @@ class VirtBuilder(Tool):
                                                "python -m diskimages virt-builder-repo, checked by "
                                                "virt-index-validate)\n"}
 
-    def repo(self, ctx: BuildContext) -> tuple[Path, str]:
-        base, info = vmbuild.base_image(ctx, self.name)
-        ctx.stats.update(info)
+    def repo(self, ctx: BuildContext) -> tuple[Path, str, Path]:
+        base = ctx.stats["base_path"]
         d = cache_dir("virt-builder", base.stem)
         index = d / "index"
         if not index.is_file():
             vbrepo.write_repo(d, [base])
-        return index, info["base_recipe"]
+        return index, ctx.stats["base"]["base_recipe"], base
 
     def build_disk(self, ctx: BuildContext, raw: Path) -> DiskInfo:
-        index, template = self.repo(ctx)
+        index, template, base = self.repo(ctx)
         stage = ctx.work / "stage.tar.gz"
         fd = os.open(stage, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(vmbuild.stage_tarball(ctx.recipe))
-        accel, why = choose_accel()
+        accel, why = choose_accel(base)
         env = {"LIBGUESTFS_BACKEND": "direct", "TMPDIR": str(ctx.work)}
         applied = []
         if accel != "kvm":

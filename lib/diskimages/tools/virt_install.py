@@ -31,6 +31,7 @@ class VirtInstall(Tool):
     program = "virt-install"
     produces = "disk"
     applies_recipe = True
+    prepare_phase = "base"
     description = "virt-manager's installer: imports the cloud base image with cloud-init user-data from the recipe"
     distros = ("debian",)
     native = {"packages": "user-data (runcmd: apt-get install --no-install-recommends)",
@@ -54,6 +55,9 @@ class VirtInstall(Tool):
                 "--serial", f"file,path={serial}", "--cloud-init", f"user-data={user_data}",
                 "--noautoconsole", "--wait", str(ctx.recipe.tool_options(self.name).get("wait_minutes", 90))]
 
+    def prepare(self, ctx: BuildContext) -> None:
+        vmbuild.prepare_base(ctx, self.name)
+
     def render(self, ctx: BuildContext) -> dict[str, str]:
         r = ctx.recipe
         user_data = vmbuild.cloud_config(r, b"<tar.gz of customize.sh, files, scripts, vm-build.sh>")
@@ -70,8 +74,7 @@ class VirtInstall(Tool):
     def build_disk(self, ctx: BuildContext, raw: Path) -> DiskInfo:
         from .. import libvirt_host
         from ..vm import destroy, list_vms
-        base, info = vmbuild.base_image(ctx, self.name)
-        ctx.stats.update(info)
+        base = ctx.stats["base_path"]
         vmbuild.prepare_disk(base, raw, ctx.recipe.disk.size_bytes, log=ctx.log)
         user_data = ctx.work / "user-data"
         fd = os.open(user_data, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # it holds the staged secrets
@@ -79,7 +82,7 @@ class VirtInstall(Tool):
             f.write(vmbuild.cloud_config(ctx.recipe, vmbuild.stage_tarball(ctx.recipe)))
         serial = ctx.work / "serial.log"
         name = f"diskimages-build-{uuid.uuid4().hex[:8]}"
-        accel, why = choose_accel()
+        accel, why = choose_accel(base)
         virt_type = "kvm" if accel == "kvm" else "qemu"
         ctx.stats["host_workarounds"] = [f"--virt-type {virt_type}: {why}"]
         conn, how = libvirt_host.connect()
