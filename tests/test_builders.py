@@ -211,6 +211,12 @@ def test_small_build_follows_the_recipe(small_build):
         assert not r.exists(customize.STAGE) and not r.exists("/opt/diskimages-stage")
         assert r.exists("/etc/systemd/system/multi-user.target.wants/ssh.service")
         assert "root=UUID=" in r.read("/boot/grub/grub.cfg")
+        if rec["tool"] in ("virt-install", "packer", "virt-builder"):
+            # made from the cloud base: its cloud-init state and the build user are gone, cloud-init is off
+            assert r.exists("/etc/cloud/cloud-init.disabled") and not r.exists("/var/lib/cloud/instance")
+            assert "diskimages-build" not in r.read("/etc/passwd")
+            assert "quiet systemd.show_status=1" in r.read("/boot/grub/grub.cfg")
+            assert rec["base"]["base_recipe"] == "debian-12-cloud-base"
 
 
 @pytest.mark.boot

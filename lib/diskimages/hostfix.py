@@ -48,8 +48,9 @@ class PrivateNamespace:
     """
 
     def __init__(self, work: Path, *, nspawn: bool = False, udev: bool = False, dev_disk: bool = False,
-                 hide: Sequence[str] = ()):
+                 hide: Sequence[str] = (), make_dirs: Sequence[str] = ()):
         self.work = Path(work)
+        self.make_dirs = list(make_dirs)
         self.want_nspawn, self.want_udev, self.want_dev_disk = nspawn, udev, dev_disk
         self.hide = list(hide)
         self.applied: list[str] = []
@@ -88,6 +89,10 @@ class PrivateNamespace:
                     self._mounts.append(f"mount --bind {shlex.quote(str(fake))} {shlex.quote(real)}")
                     self.applied.append("udevadm settle/trigger return at once (private mount namespace): "
                                         "no udevd runs")
+            for d in self.make_dirs:
+                if not Path(d).exists():
+                    self._mkdir(Path(d))
+                    self.applied.append(f"created {d} (empty; removed afterwards)")
             for d in self.hide:
                 if Path(d).is_dir():
                     # an empty folder over it: the tool sees none of the host's files there

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -59,6 +60,10 @@ def base_image(ctx, tool: str) -> tuple[Path, dict]:
                 else None, use_cache=ctx.use_cache, progress=False)
     os.replace(res.record_path, image.with_suffix(".json"))
     os.replace(res.image, image)
+    shutil.rmtree(where / "build", ignore_errors=True)
+    for old in where.glob(f"{recipe.name}.*"):          # earlier versions of the base recipe
+        if old.name.split(".")[1] != digest:
+            old.unlink()
     return image, {"base_image": image.name, "base_built_s": round(time.monotonic() - t0, 1),
                    "base_recipe": recipe.name}
 
@@ -83,6 +88,8 @@ rm -rf {stage}
 echo "diskimages: cloud-init state removed (the image configures itself again if given a seed)"
 cloud-init clean --logs --seed || true
 rm -rf /var/lib/cloud/instances /var/lib/cloud/instance
+# the finished image does not run cloud-init at boot (it came with the base); delete this file to re-enable it
+touch /etc/cloud/cloud-init.disabled
 """
 
 
@@ -210,3 +217,38 @@ def osinfo_name() -> str:
         if cand in names:
             return cand
     return "generic"
+
+
+def host_has_kernel() -> bool:
+    """Whether supermin (libguestfs' appliance builder) finds a kernel on this host: /boot/vmlinuz-* with its
+    modules. Containers and some CI machines run a kernel that is not installed as files."""
+    import glob
+    for k in glob.glob("/boot/vmlinuz-*"):
+        if Path("/lib/modules", Path(k).name.removeprefix("vmlinuz-")).is_dir():
+            return True
+    return False
+
+
+def appliance_kernel(base: Path, log: Optional[Path] = None) -> dict[str, str]:
+    """SUPERMIN_KERNEL/_MODULES/_KERNEL_VERSION pointing at the kernel and modules of the base image itself
+    (extracted once with debugfs, no mounts), for hosts without a kernel in /boot."""
+    from .paths import cache_dir
+    from .runner import run
+    where = cache_dir("appliance-kernel", base.stem)
+    done = where / "version"
+    if not done.is_file():
+        with tempfile.TemporaryDirectory(prefix="diskimages-kernel-", dir=where) as tmp:
+            raw = Path(tmp) / "base.raw"
+            run(["qemu-img", "convert", "-O", "raw", base, raw], log=log)
+            info = disk.raw_disk_info(raw)
+            target = f"{raw}?offset={disk.root_partition_offset(raw)}"
+            kver = info.kernel
+            (where / "modules").mkdir(exist_ok=True)
+            run(["debugfs", "-R", f"dump /boot/vmlinuz-{kver} {where / 'vmlinuz'}", target], log=log)
+            run(["debugfs", "-R", f"rdump /usr/lib/modules/{kver} {where / 'modules'}", target], log=log)
+        if not (where / "vmlinuz").stat().st_size or not (where / "modules" / kver).is_dir():
+            raise RuntimeError(f"could not extract the kernel {kver} from {base.name} for libguestfs' appliance")
+        done.write_text(kver)
+    kver = done.read_text().strip()
+    return {"SUPERMIN_KERNEL": str(where / "vmlinuz"), "SUPERMIN_MODULES": str(where / "modules" / kver),
+            "SUPERMIN_KERNEL_VERSION": kver}

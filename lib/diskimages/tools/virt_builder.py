@@ -40,7 +40,9 @@ class VirtBuilder(Tool):
         st = vmbuild.customize.STAGE
         return ["virt-builder", template, "--source", index.as_uri(), "--no-check-signature", "--no-cache",
                 "--arch", "x86_64", "--format", "raw", "--size", f"{ctx.recipe.disk.size_bytes >> 20}M",
-                "-o", str(raw), "--upload", f"{stage}:/var/tmp/diskimages-stage.tar.gz",
+                "-o", str(raw),
+                # the root account stays locked, as the recipe's customisation left it (the default is random)
+                "--root-password", "locked:disabled", "--upload", f"{stage}:/var/tmp/diskimages-stage.tar.gz",
                 "--run-command", "tar -xzf /var/tmp/diskimages-stage.tar.gz -C / && "
                                  "rm -f /var/tmp/diskimages-stage.tar.gz",
                 "--run-command", f"sh {st}/{vmbuild.VM_SCRIPT}"]
@@ -76,9 +78,16 @@ class VirtBuilder(Tool):
         if accel != "kvm":
             env["LIBGUESTFS_BACKEND_SETTINGS"] = "force_tcg"
             applied.append(f"LIBGUESTFS_BACKEND_SETTINGS=force_tcg: {why}")
+        no_kernel = not vmbuild.host_has_kernel()
+        if no_kernel:
+            env.update(vmbuild.appliance_kernel(base, log=ctx.log))
+            applied.append(f"libguestfs appliance boots the base image's kernel {env['SUPERMIN_KERNEL_VERSION']} "
+                           "(SUPERMIN_KERNEL/_MODULES): the host has no kernel in /boot")
         # --source adds to the repositories in /etc/virt-builder/repos.d (which it fetches first, failing when
         # they are unreachable): the build sees only the project's repository
-        with PrivateNamespace(ctx.work / "hostfix", hide=[REPOS_D]) as ns:
+        # supermin copies the attributes of /lib/modules, which a host without an installed kernel may lack
+        with PrivateNamespace(ctx.work / "hostfix", hide=[REPOS_D],
+                              make_dirs=["/lib/modules"] if no_kernel else []) as ns:
             ctx.stats["host_workarounds"] = applied + ns.applied
             run(ns.argv(self.argv(ctx, index, template, raw, stage)), env=env, log=ctx.log, on_line=ctx.on_line)
         return disk.raw_disk_info(raw)
