@@ -7,23 +7,37 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
-# Image tools and what the disk assembly and boot checks run on the host.
+# What the native builder, the disk assembly, the boot checks, the registry tests and the Python packages need.
 PACKAGES="mmdebstrap debian-archive-keyring qemu-system-x86 qemu-utils ovmf
-  e2fsprogs dosfstools mtools fdisk util-linux procps curl
-  mkosi debootstrap systemd-container debos parted
-  virtinst packer guestfs-tools xorriso xz-utils oz
-  chromium
+  e2fsprogs dosfstools mtools fdisk util-linux procps curl xz-utils
   docker-registry skopeo
   libvirt-daemon-system libvirt-clients dnsmasq-base iptables openssh-client
   python3 python3-venv python3-dev gcc pkg-config libvirt-dev"
+# The other build tools and the docs check: installed when the distribution has them (a tool that is missing
+# is reported by `python -m diskimages tools` and its tests are skipped with the reason).
+TOOL_PACKAGES="mkosi debootstrap systemd-container debos parted
+  virtinst packer guestfs-tools xorriso oz
+  chromium"
 
+installed() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q '^install ok installed'; }
 missing=""
-for p in $PACKAGES; do
-  dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed' || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-  echo "setup: installing Debian packages:$missing"
+for p in $PACKAGES; do installed "$p" || missing="$missing $p"; done
+missing_tools=""
+for p in $TOOL_PACKAGES; do installed "$p" || missing_tools="$missing_tools $p"; done
+if [ -n "$missing$missing_tools" ]; then
   $SUDO apt-get update -q
+fi
+if [ -n "$missing_tools" ]; then
+  for p in $missing_tools; do
+    if apt-cache policy "$p" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+      missing="$missing $p"
+    else
+      echo "setup: $p is not available from this machine's package sources: its tool is skipped"
+    fi
+  done
+fi
+if [ -n "$missing" ]; then
+  echo "setup: installing packages:$missing"
   # --no-install-recommends: recommends of image tools (debos: systemd-resolved) can break the host's DNS.
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
 fi

@@ -125,11 +125,11 @@ def test_renders_every_recipe_into_a_config_the_tool_accepts(tool, recipe, tmp_p
         assert pkg in conf
     if tool == "mkosi":
         assert f"Hostname: {r.hostname}" in text or r.hostname in files["mkosi.conf"]
-        assert "useradd" in files["mkosi.postinst"]
+        assert "step users" in files["mkosi.postinst"]
     if tool == "debos":
         assert "image-partition" in text and f"{r.disk.size_bytes >> 20}MiB" in files["debos.yaml"]
     if tool in ("virt-install", "packer", "virt-builder"):
-        assert "useradd" in files["vm-build.sh"] or "customize.sh" in files["vm-build.sh"]
+        assert "customize.sh" in files["vm-build.sh"]
 
 
 @pytest.mark.parametrize("tool", BUILDERS)

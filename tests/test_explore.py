@@ -6,6 +6,7 @@ import json
 
 import papermill as pm
 import pytest
+from nb_support import outputs
 
 from diskimages.paths import notebooks_dir
 
@@ -96,13 +97,5 @@ def test_explore_notebook_runs_headless(tmp_path):
     widgets = [o for c in nb["cells"] for o in c.get("outputs", [])
                if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert widgets, "the explorer's widget is displayed"
-    text = "\n".join(_texts(nb))
+    text = "\n".join(outputs(nb))
     assert "mkosi.extra/" in text and "native" in text     # the coverage table for mkosi
-
-
-def _texts(nb):
-    for cell in nb["cells"]:
-        for out in cell.get("outputs", []):
-            yield "".join(out.get("text", "")) + "".join(
-                "".join(v) if isinstance(v, list) else str(v) for k, v in out.get("data", {}).items()
-                if k.startswith("text/"))

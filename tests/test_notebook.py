@@ -4,18 +4,11 @@ import json
 
 import papermill as pm
 import pytest
+from nb_support import outputs
 
 from diskimages.paths import notebooks_dir
 
 pytestmark = [pytest.mark.build, pytest.mark.boot]
-
-
-def _outputs(nb):
-    for cell in nb["cells"]:
-        for out in cell.get("outputs", []):
-            yield "".join(out.get("text", "")) + "".join(
-                "".join(v) if isinstance(v, list) else str(v) for k, v in out.get("data", {}).items()
-                if k.startswith("text/"))
 
 
 def test_build_notebook_runs_headless(tmp_path):
@@ -25,7 +18,7 @@ def test_build_notebook_runs_headless(tmp_path):
                                     "output_dir": str(tmp_path / "out"), "boot_test": True},
                         progress_bar=False)
     nb = json.loads(out_nb.read_text())
-    text = "\n".join(_outputs(nb))
+    text = "\n".join(outputs(nb))
     for column in ("build s", "bootstrap s", "compress s", "packages", "file MB", "sha256"):
         assert column in text, column
     assert "debian-12-minimal.mmdebstrap.qcow2" in text
@@ -34,4 +27,3 @@ def test_build_notebook_runs_headless(tmp_path):
     assert images, "the boot screenshot is shown"
     rec = json.loads((tmp_path / "out/debian-12-minimal.mmdebstrap.json").read_text())
     assert rec["boot"]["passed"] is True
-

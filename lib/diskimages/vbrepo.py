@@ -18,11 +18,8 @@ ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
 
 
 def _sha512(path: Path) -> str:
-    h = hashlib.sha512()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha512").hexdigest()
 
 
 def template_entry(name: str, image: Path, xz: Path, record: Optional[dict], expand: Optional[str]) -> str:

@@ -11,13 +11,12 @@ validated with `packer validate`; it needs the Debian installer ISO, which the p
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 from pathlib import Path
 
-from .. import disk, vmbuild
+from .. import disk, measure, vmbuild
 from ..qemu import choose_accel
 from ..runner import run
 from . import BuildContext, DiskInfo, Tool, register
@@ -171,7 +170,7 @@ build {{
             f.write(vmbuild.stage_tarball(ctx.recipe))
         tpl = work / "template"
         tpl.mkdir()
-        (tpl / "diskimages.pkr.hcl").write_text(self.template(ctx, work, base, "sha256:" + _sha256(base), accel))
+        (tpl / "diskimages.pkr.hcl").write_text(self.template(ctx, work, base, measure.sha256_file(base), accel))
         if self._plugins_block():
             (tpl / "plugins.pkr.hcl").write_text(PLUGINS)
         return tpl
@@ -195,11 +194,3 @@ build {{
                         f.write(b"--- build VM serial console ---\n" + serial.read_bytes())
         os.replace(work / "packer-output" / "disk.raw", raw)
         return disk.raw_disk_info(raw)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

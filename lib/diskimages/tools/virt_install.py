@@ -47,11 +47,11 @@ class VirtInstall(Tool):
         return None
 
     def argv(self, ctx: BuildContext, name: str, raw: Path, user_data: Path, serial: Path, virt_type: str,
-             osinfo: str) -> list[str]:
+             osinfo: str, network: str = "default") -> list[str]:
         return ["virt-install", "--name", name, "--transient", "--import",
                 "--memory", str(MEMORY_MB), "--vcpus", str(CPUS), "--virt-type", virt_type,
                 "--osinfo", osinfo, "--disk", f"path={raw},format=raw,bus=virtio",
-                "--network", "network=default,model=virtio", "--graphics", "none",
+                "--network", f"network={network},model=virtio", "--graphics", "none",
                 "--serial", f"file,path={serial}", "--cloud-init", f"user-data={user_data}",
                 "--noautoconsole", "--wait", str(ctx.recipe.tool_options(self.name).get("wait_minutes", 90))]
 
@@ -88,9 +88,9 @@ class VirtInstall(Tool):
         conn, how = libvirt_host.connect()
         started = how.startswith("started")
         try:
-            libvirt_host.ensure_network(conn)
+            network, _ = libvirt_host.ensure_network(conn)
             with vmbuild.SerialWatch(serial, ctx.on_line) as watch:
-                run(self.argv(ctx, name, raw, user_data, serial, virt_type, vmbuild.osinfo_name()),
+                run(self.argv(ctx, name, raw, user_data, serial, virt_type, vmbuild.osinfo_name(), network),
                     log=ctx.log, on_line=ctx.on_line)
         finally:
             destroy(name, conn=conn)
