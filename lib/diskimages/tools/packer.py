@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from .. import disk, measure, vmbuild
@@ -181,13 +183,16 @@ build {{
         accel, why = choose_accel(base)
         ctx.stats["host_workarounds"] = [f"accelerator = {accel}: {why}"]
         tpl = self.write_config(ctx, work, base, "kvm" if accel == "kvm" else "tcg")
+        # Packer's plugin sockets live in TMPDIR: a short one (a unix socket path has at most 107 bytes)
+        tmp = Path(tempfile.mkdtemp(prefix="diskimages-packer-"))
         env = {"PACKER_CACHE_DIR": str(work / "cache"), "CHECKPOINT_DISABLE": "1", "PACKER_NO_COLOR": "1",
-               "TMPDIR": str(work)}
+               "TMPDIR": str(tmp)}
         with vmbuild.SerialWatch(work / "serial.log", ctx.on_line):
             try:
                 run(["packer", "build", "-color=false", "-on-error=cleanup", str(tpl)], cwd=work, env=env,
                     log=ctx.log, on_line=ctx.on_line)
             finally:
+                shutil.rmtree(tmp, ignore_errors=True)
                 serial = work / "serial.log"
                 if serial.exists():
                     with open(ctx.log, "ab") as f:

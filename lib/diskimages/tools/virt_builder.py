@@ -10,6 +10,8 @@ record).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from .. import disk, vbrepo, vmbuild
@@ -73,7 +75,7 @@ class VirtBuilder(Tool):
         with os.fdopen(fd, "wb") as f:
             f.write(vmbuild.stage_tarball(ctx.recipe))
         accel, why = choose_accel(base)
-        env = {"LIBGUESTFS_BACKEND": "direct", "TMPDIR": str(ctx.work)}
+        env = {"LIBGUESTFS_BACKEND": "direct"}
         applied = []
         if accel != "kvm":
             env["LIBGUESTFS_BACKEND_SETTINGS"] = "force_tcg"
@@ -86,8 +88,15 @@ class VirtBuilder(Tool):
         # --source adds to the repositories in /etc/virt-builder/repos.d (which it fetches first, failing when
         # they are unreachable): the build sees only the project's repository
         # supermin copies the attributes of /lib/modules, which a host without an installed kernel may lack
-        with PrivateNamespace(ctx.work / "hostfix", hide=[REPOS_D],
-                              make_dirs=["/lib/modules"] if no_kernel else []) as ns:
-            ctx.stats["host_workarounds"] = applied + ns.applied
-            run(ns.argv(self.argv(ctx, index, template, raw, stage)), env=env, log=ctx.log, on_line=ctx.on_line)
+        # libguestfs puts its sockets in TMPDIR: a short one (a unix socket path has at most 107 bytes)
+        tmp = Path(tempfile.mkdtemp(prefix="diskimages-vb-"))
+        env["TMPDIR"] = str(tmp)
+        try:
+            with PrivateNamespace(ctx.work / "hostfix", hide=[REPOS_D],
+                                  make_dirs=["/lib/modules"] if no_kernel else []) as ns:
+                ctx.stats["host_workarounds"] = applied + ns.applied
+                run(ns.argv(self.argv(ctx, index, template, raw, stage)), env=env, log=ctx.log,
+                    on_line=ctx.on_line)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return disk.raw_disk_info(raw)
