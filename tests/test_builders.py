@@ -217,6 +217,7 @@ def test_small_build_follows_the_recipe(small_build):
             assert "diskimages-build" not in r.read("/etc/passwd")
             assert "quiet systemd.show_status=1" in r.read("/boot/grub/grub.cfg")
             assert rec["base"]["base_recipe"] == "debian-12-cloud-base"
+            assert rec["sparsified"] == "virt-sparsify --in-place"
 
 
 @pytest.mark.boot

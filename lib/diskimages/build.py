@@ -183,7 +183,7 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
         "image": final.name, "format": recipe.output.format, "compression": recipe.output.compression,
         "firmware": recipe.disk.firmware, "kernel": stats["kernel"], "root_uuid": root_uuid,
         "host_workarounds": ctx.stats.get("host_workarounds", []),
-        "base": ctx.stats.get("base"),
+        "base": ctx.stats.get("base"), "sparsified": ctx.stats.get("sparsified"),
         "autologin_uid": recipe.user_uid(recipe.autologin) if recipe.autologin else None,
         "expect": "desktop" if recipe.desktop != "none" else "login",
     }

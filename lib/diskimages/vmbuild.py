@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from . import customize, disk
 from .distros import get_distro
@@ -252,3 +252,46 @@ def appliance_kernel(base: Path, log: Optional[Path] = None) -> dict[str, str]:
     kver = done.read_text().strip()
     return {"SUPERMIN_KERNEL": str(where / "vmlinuz"), "SUPERMIN_MODULES": str(where / "modules" / kver),
             "SUPERMIN_KERNEL_VERSION": kver}
+
+
+def guestfs_env(base: Path, log: Optional[Path] = None) -> tuple[dict, list[str], list[str]]:
+    """(environment, what it works around, folders to create) for a libguestfs tool on this host: TCG when
+    KVM does not run guests, and the base image's own kernel for the appliance when the host has none."""
+    from .qemu import choose_accel
+    accel, why = choose_accel(base)
+    env, applied, make_dirs = {"LIBGUESTFS_BACKEND": "direct"}, [], []
+    if accel != "kvm":
+        env["LIBGUESTFS_BACKEND_SETTINGS"] = "force_tcg"
+        applied.append(f"LIBGUESTFS_BACKEND_SETTINGS=force_tcg: {why}")
+    if not host_has_kernel():
+        env.update(appliance_kernel(base, log=log))
+        applied.append(f"libguestfs appliance boots the base image's kernel {env['SUPERMIN_KERNEL_VERSION']} "
+                       "(SUPERMIN_KERNEL/_MODULES): the host has no kernel in /boot")
+        # supermin copies the attributes of /lib/modules, which such a host may lack
+        make_dirs.append("/lib/modules")
+    return env, applied, make_dirs
+
+
+def run_guestfs(ctx, argv: list, base: Path, hide: Sequence[str] = ()) -> list[str]:
+    """Run a libguestfs tool (virt-builder, virt-sparsify) the way this host needs; returns the workarounds."""
+    from .hostfix import PrivateNamespace
+    from .runner import run
+    env, applied, make_dirs = guestfs_env(base, ctx.log)
+    # libguestfs puts its sockets in TMPDIR: a short one (a unix socket path has at most 107 bytes)
+    tmp = Path(tempfile.mkdtemp(prefix="diskimages-gfs-"))
+    env["TMPDIR"] = str(tmp)
+    try:
+        with PrivateNamespace(ctx.work / f"hostfix-{Path(argv[0]).name}", hide=hide, make_dirs=make_dirs) as ns:
+            run(ns.argv(argv), env=env, log=ctx.log, on_line=ctx.on_line)
+            return applied + ns.applied
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sparsify(ctx, raw: Path, base: Path) -> None:
+    """Zero the free space of the finished disk in place (virt-sparsify --in-place, as the seed's create-image
+    did): packages downloaded and deleted inside the VM leave data behind that compression would otherwise keep."""
+    applied = run_guestfs(ctx, ["virt-sparsify", "--in-place", str(raw)], base)
+    known = ctx.stats.setdefault("host_workarounds", [])
+    known += [a for a in applied if a not in known]
+    ctx.stats["sparsified"] = "virt-sparsify --in-place"

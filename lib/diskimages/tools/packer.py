@@ -198,4 +198,5 @@ build {{
                     with open(ctx.log, "ab") as f:
                         f.write(b"--- build VM serial console ---\n" + serial.read_bytes())
         os.replace(work / "packer-output" / "disk.raw", raw)
+        vmbuild.sparsify(ctx, raw, base)
         return disk.raw_disk_info(raw)

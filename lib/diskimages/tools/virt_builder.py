@@ -10,15 +10,10 @@ record).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from .. import disk, vbrepo, vmbuild
-from ..hostfix import PrivateNamespace
 from ..paths import cache_dir
-from ..qemu import choose_accel
-from ..runner import run
 from . import BuildContext, DiskInfo, Tool, register, shell_command
 
 
@@ -74,29 +69,9 @@ class VirtBuilder(Tool):
         fd = os.open(stage, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(vmbuild.stage_tarball(ctx.recipe))
-        accel, why = choose_accel(base)
-        env = {"LIBGUESTFS_BACKEND": "direct"}
-        applied = []
-        if accel != "kvm":
-            env["LIBGUESTFS_BACKEND_SETTINGS"] = "force_tcg"
-            applied.append(f"LIBGUESTFS_BACKEND_SETTINGS=force_tcg: {why}")
-        no_kernel = not vmbuild.host_has_kernel()
-        if no_kernel:
-            env.update(vmbuild.appliance_kernel(base, log=ctx.log))
-            applied.append(f"libguestfs appliance boots the base image's kernel {env['SUPERMIN_KERNEL_VERSION']} "
-                           "(SUPERMIN_KERNEL/_MODULES): the host has no kernel in /boot")
         # --source adds to the repositories in /etc/virt-builder/repos.d (which it fetches first, failing when
         # they are unreachable): the build sees only the project's repository
-        # supermin copies the attributes of /lib/modules, which a host without an installed kernel may lack
-        # libguestfs puts its sockets in TMPDIR: a short one (a unix socket path has at most 107 bytes)
-        tmp = Path(tempfile.mkdtemp(prefix="diskimages-vb-"))
-        env["TMPDIR"] = str(tmp)
-        try:
-            with PrivateNamespace(ctx.work / "hostfix", hide=[REPOS_D],
-                                  make_dirs=["/lib/modules"] if no_kernel else []) as ns:
-                ctx.stats["host_workarounds"] = applied + ns.applied
-                run(ns.argv(self.argv(ctx, index, template, raw, stage)), env=env, log=ctx.log,
-                    on_line=ctx.on_line)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        ctx.stats["host_workarounds"] = vmbuild.run_guestfs(ctx, self.argv(ctx, index, template, raw, stage), base,
+                                                            hide=[REPOS_D])
+        vmbuild.sparsify(ctx, raw, base)
         return disk.raw_disk_info(raw)

@@ -102,6 +102,7 @@ class VirtInstall(Tool):
         if not watch.ok:
             raise RuntimeError(f"the build inside the VM failed (exit status {watch.failed or 'unknown'}; "
                                f"it did not report success):\n{watch.tail()}")
+        vmbuild.sparsify(ctx, raw, base)
         return disk.raw_disk_info(raw)
 
 
