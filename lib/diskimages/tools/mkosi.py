@@ -10,7 +10,7 @@ generates the initrd mkosi leaves out. The record and the notebook label this "m
 assembly". mkosi's own bootable output (`Format=gpt_ext4`, `Bootable=yes`) mounts the ESP as vfat and needs
 loop partitions; it is not offered, because it could not be built and checked on the project's machines.
 
-Notes measured on Debian 12: mkosi 14 hard-codes `https://security.debian.org` for the security suite; when it
+Notes measured on Debian 12: mkosi 14 hard-codes Debian's own security host for the security suite; when it
 is unreachable apt only warns and the build goes on. Without systemd as PID 1, `/run` is not a tmpfs and
 systemd-nspawn (used for mkosi.postinst) fails unless a tmpfs is mounted on /run/systemd/nspawn: that is done
 inside a private mount namespace (`hostfix`).
