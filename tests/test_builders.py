@@ -47,7 +47,6 @@ def _parse_check(tool, files: dict, where: Path):
         # the import command with real files, through virt-install's own checks (--dry-run creates nothing)
         from diskimages import libvirt_host
         from diskimages.tools import get_tool as gt
-        from diskimages.tools import BuildContext
         (where / "disk.raw").write_bytes(b"\0" * 1024)
         (where / "user-data").write_text(files["user-data"])
         conn, how = libvirt_host.connect()
@@ -144,7 +143,7 @@ def test_coverage_says_how_each_field_is_carried_out(tool):
 
 def test_a_field_a_tool_cannot_express_is_refused_with_its_name(monkeypatch):
     from diskimages.build import prepare
-    from diskimages.tools import Tool, ToolUnavailable
+    from diskimages.tools import ToolUnavailable
     t = get_tool("mkosi")
     monkeypatch.setattr(type(t), "unsupported", {"kernel_cmdline": "no boot loader settings in this test"})
     with pytest.raises(ToolUnavailable) as e:

@@ -33,6 +33,8 @@ def phases_of(tool: Tool) -> tuple[str, ...]:
     if tool.applies_recipe:
         return ("bootstrap", "assemble", "compress")
     return PHASES
+
+
 WORK_PREFIX = ".work-"
 
 

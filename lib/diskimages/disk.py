@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -67,7 +68,6 @@ def kernel_version(rootfs: Path) -> str:
 
 
 def _version_key(v: str):
-    import re
     return [int(x) if x.isdigit() else x for x in re.split(r"[.-]", v)]
 
 
@@ -261,7 +261,6 @@ def convert(raw: Path, out: Path, fmt: str, compression: str, log: Optional[Path
 def raw_disk_info(raw: Path):
     """Read what the record needs from a raw disk another tool made (debugfs, no mounts)."""
     from .tools import DiskInfo
-    import re
     off = root_partition_offset(raw)
     target = f"{raw}?offset={off}"
 

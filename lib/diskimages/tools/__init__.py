@@ -71,6 +71,13 @@ class Tool:
         text = (out.stdout or out.stderr).strip().splitlines()
         return text[0].split()[-1] if text else "unknown"
 
+    def package_version(self, package: str) -> Optional[str]:
+        """The version of the distribution package that installed the tool (for tools without --version)."""
+        if not shutil.which(self.program):
+            return None
+        out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package], capture_output=True, text=True)
+        return out.stdout.split("-")[0] if out.returncode == 0 and out.stdout else "unknown"
+
     def unavailable_reason(self, recipe: Optional[Recipe] = None) -> Optional[str]:
         """Why this tool cannot build `recipe` here (None when it can)."""
         if self.version() is None:

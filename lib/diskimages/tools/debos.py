@@ -75,10 +75,7 @@ class Debos(Tool):
               "kernel_cmdline": "run action: GRUB_CMDLINE_LINUX_DEFAULT", "disk": "image-partition action"}
 
     def version(self):
-        if not shutil.which(self.program):
-            return None
-        out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "debos"], capture_output=True, text=True)
-        return out.stdout.split("-")[0] if out.returncode == 0 and out.stdout else "unknown"
+        return self.package_version("debos")      # debos has no --version
 
     def recipe_yaml(self, ctx: BuildContext, files_src: str = "files") -> str:
         r = ctx.recipe

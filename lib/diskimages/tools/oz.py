@@ -51,14 +51,7 @@ class Oz(Tool):
               "scripts": "<commands>", "users": "<commands> (customize.sh)"}
 
     def version(self):
-        if not self._installed():
-            return None
-        out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "oz"], capture_output=True, text=True)
-        return out.stdout.split("-")[0] if out.returncode == 0 and out.stdout else "unknown"
-
-    def _installed(self) -> bool:
-        import shutil
-        return shutil.which(self.program) is not None
+        return self.package_version("oz")         # oz-install has no --version
 
     def unavailable_reason(self, recipe=None):
         reason = super().unavailable_reason(recipe)
