@@ -15,11 +15,14 @@ def pytest_collection_modifyitems(config, items):
     for prog in ("mmdebstrap", "qemu-system-x86_64", "qemu-img", "mkfs.fat", "mcopy", "sfdisk", "debugfs"):
         if not shutil.which(prog):
             reasons.append(f"{prog} not installed (scripts/setup.sh)")
-    if reasons:
-        skip = pytest.mark.skip(reason="; ".join(reasons))
-        for item in items:
-            if "build" in item.keywords or "boot" in item.keywords:
+    skip = pytest.mark.skip(reason="; ".join(reasons)) if reasons else None
+    for item in items:
+        if "build" in item.keywords or "boot" in item.keywords:
+            if skip:
                 item.add_marker(skip)
+        else:
+            # the fast lane (`pytest -m fast`): no image is built and nothing boots
+            item.add_marker(pytest.mark.fast)
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,9 @@ import copy
 import pytest
 import yaml
 
-from diskimages import RecipeError, list_recipe_names, load_recipe
+from diskimages import RecipeError, list_recipe_names
 from diskimages.cli import main as cli_main
+from diskimages.tools import load_checked as load_recipe
 
 GOOD = {
     "name": "t", "distro": "debian", "release": "bookworm", "desktop": "xfce",
@@ -31,7 +32,8 @@ def variant(**changes):
     return d
 
 
-@pytest.mark.parametrize("name", ["debian-12-xfce", "debian-12-gnome", "debian-12-minimal"])
+@pytest.mark.parametrize("name", ["debian-12-xfce", "debian-12-gnome", "debian-12-minimal", "debian-13-xfce",
+                                  "debian-13-gnome", "debian-13-minimal"])
 def test_shipped_recipes_are_valid(name):
     r = load_recipe(name)
     assert r.name == name and r.distro == "debian"
@@ -39,7 +41,8 @@ def test_shipped_recipes_are_valid(name):
 
 
 def test_default_recipe_is_listed():
-    assert {"debian-12-xfce", "debian-12-gnome", "debian-12-minimal"} <= set(list_recipe_names())
+    assert {"debian-13-xfce", "debian-13-gnome", "debian-13-minimal", "debian-12-xfce", "debian-12-gnome",
+            "debian-12-minimal"} <= set(list_recipe_names())
 
 
 def test_recipe_by_path_anywhere(tmp_path):
@@ -50,7 +53,7 @@ def test_recipe_by_path_anywhere(tmp_path):
 BAD = [
     # (data, field named in the error, words the message must contain)
     (variant(desktop="cinnamon"), "desktop", ["'cinnamon' is not allowed", "'xfce'", "'none'"]),
-    (variant(distro="gentoo"), "distro", ["'gentoo'", "'debian'"]),
+    (variant(distro="gentoo"), "distro", ["'gentoo' is not allowed", "allowed: debian"]),
     (variant(colour="blue"), "colour", ["unknown field", "allowed:", "packages"]),
     (variant(release=None), "release", ["is required"]),
     (variant(users=[{"name": "user", "password": "secret"}], autologin=None), "users.0.password",
@@ -65,7 +68,14 @@ BAD = [
     (variant(output={"compression": "lzma"}), "output.compression", ["'lzma'", "'zstd'"]),
     (variant(timezone="Mars/Olympus"), "timezone", ["not a time zone", "Europe/Paris"]),
     (variant(packages=["Firefox ESR"]), "packages", ["'Firefox ESR' is not a package name"]),
-    (variant(tools={"nosuchtool": {}}), "tools", ["unknown tool 'nosuchtool'", "mmdebstrap"]),
+    (variant(tools={"nosuchtool": {}}), "tools.nosuchtool", ["unknown tool", "mmdebstrap"]),
+    (variant(release="potato"), "release", ["'potato' is not a Debian release", "bookworm (12)", "trixie (13)"]),
+    (variant(release="14"), "release", ["'14' is not a Debian release", "trixie (13)"]),
+    (variant(architecture="arm64"), "architecture", ["'arm64' is not built for Debian", "qemu-user",
+                                                     "allowed: amd64"]),
+    (variant(architecture="sparc"), "architecture", ["'sparc'", "allowed: amd64"]),
+    (variant(desktop="none", packages=["Tree"]), "packages", ["'Tree' is not a Debian package name"]),
+    (variant(disk={"size": "2G"}), "disk.size", ["too small for the xfce desktop of Debian", "3G or more"]),
     (variant(users=[{"name": "Bad User"}], autologin=None), "users.0.name", ["'Bad User' is not allowed"]),
     (variant(users=[{"name": "u", "password_hash": "$6$a$b", "password_env": "X"}], autologin=None), "users.0",
      ["not both"]),

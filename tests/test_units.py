@@ -4,7 +4,8 @@ import subprocess
 import pytest
 
 from diskimages.customize import password_env_vars, render_script
-from diskimages.mirror import choose_mirror, host_apt_sources
+from diskimages import distros
+from diskimages.distros.debian import host_apt_sources
 from diskimages.recipe import RecipeError, recipe_from_data
 
 DEB822 = """\
@@ -36,9 +37,10 @@ def test_mirror_from_host_deb822(tmp_path):
     root = fake_root(tmp_path)
     assert [s.uri for s in host_apt_sources(root)] == ["http://mirror.example/debian",
                                                        "http://security.example/debian-security"]
-    m = choose_mirror("debian", root=root)
+    debian = distros.get("debian")
+    m = debian.choose_mirror(root=root)
     assert m.origin == "host apt sources"
-    assert m.sources_lines("trixie") == ["deb http://mirror.example/debian trixie main",
+    assert debian.sources_lines(m, debian.release("13")) == ["deb http://mirror.example/debian trixie main",
                                          "deb http://mirror.example/debian trixie-updates main",
                                          "deb http://security.example/debian-security trixie-security main"]
 
@@ -47,12 +49,13 @@ def test_mirror_one_line_format_and_other_distro_host(tmp_path):
     root = fake_root(tmp_path, os_id="ubuntu", sources="")
     (root / "etc/apt/sources.list").write_text("deb [arch=amd64] http://archive.example/ubuntu jammy main\n")
     assert host_apt_sources(root)[0].uri == "http://archive.example/ubuntu"
-    m = choose_mirror("debian", root=root)   # an Ubuntu runner: no Debian mirror of its own
-    assert m.origin == "tool default" and m.sources_lines("bookworm") == []
+    debian = distros.get("debian")
+    m = debian.choose_mirror(root=root)   # an Ubuntu runner: no Debian mirror of its own
+    assert m.origin == "tool default" and debian.sources_lines(m, debian.release("bookworm")) == []
 
 
 def test_mirror_parameter_wins(tmp_path):
-    m = choose_mirror("debian", "http://param.example/debian/", root=fake_root(tmp_path))
+    m = distros.get("debian").choose_mirror("http://param.example/debian/", root=fake_root(tmp_path))
     assert m.origin == "parameter" and m.uri == "http://param.example/debian"
 
 
@@ -88,6 +91,8 @@ def test_mmdebstrap_render_reads_mirror_at_run_time():
     sh = files["mmdebstrap.sh"]
     assert "--include=" in sh and "xfce4" in sh and "lightdm" in sh and "firefox-esr" in sh
     assert "deb http://param.example/debian bookworm main" in sh
+    sh13 = render("debian-13-xfce", "mmdebstrap", mirror="http://param.example/debian")["mmdebstrap.sh"]
+    assert "deb http://param.example/debian trixie main" in sh13 and "trixie \\\n  ROOTFS" in sh13
     assert "autologin-user=user" in files["customize.sh"]
 
 

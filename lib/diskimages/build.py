@@ -6,6 +6,7 @@ removed on success, failure and interruption alike.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import platform
@@ -15,24 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from . import customize, disk, measure
+from . import disk, measure
 from .chroot import mounts_under
-from .mirror import choose_mirror
 from .progress import Progress
-from .recipe import Recipe, load_recipe
+from .recipe import Recipe, RecipeError
 from .runner import signals_as_exceptions
-from .tools import BuildContext, Tool, ToolUnavailable, get_tool
+from .tools import (Accel, BaseImage, BuildState, Tool, ToolUnavailable, get_tool, load_checked, new_state)
 
-PHASES = ("bootstrap", "customize", "assemble", "compress")
+COMPRESS = "compress"
+BASE_TOOL = "mmdebstrap"     # the native builder makes the VM builders' cloud base image
 
 
 def phases_of(tool: Tool) -> tuple[str, ...]:
-    """The phases a build with this tool goes through (a disk tool's own run is one 'build' phase)."""
-    if tool.produces == "disk":
-        return ((tool.prepare_phase,) if tool.prepare_phase else ()) + ("build", "compress")
-    if tool.applies_recipe:
-        return ("bootstrap", "assemble", "compress")
-    return PHASES
+    """The phases a build with this tool goes through."""
+    return tool.phases() + (COMPRESS,)
 
 
 WORK_PREFIX = ".work-"
@@ -87,27 +84,46 @@ def reap_stale_work(output_dir: Path) -> list[Path]:
 
 def prepare(recipe: str | Path | Recipe, tool: str = "mmdebstrap",
             compression: Optional[str] = None) -> tuple[Recipe, Tool]:
-    """The recipe (with a compression override) and the tool, or a clear error if the tool cannot build it."""
-    recipe = load_recipe(recipe)
+    """The checked recipe (with a compression override) and the tool, or a clear error if the tool cannot
+    build it here."""
+    recipe = load_checked(recipe)
     if compression:
         recipe = recipe.model_copy(update={"output": recipe.output.model_validate(
             {**recipe.output.model_dump(), "compression": compression})})
     t = get_tool(tool)
-    reason = t.unavailable_reason(recipe)
-    if reason:
-        raise ToolUnavailable(f"{tool} cannot build {recipe.name}: {reason}")
-    refused = t.refusals(recipe)
-    if refused:
-        raise ToolUnavailable("\n".join(refused))
+    why = t.cannot_build(recipe)
+    if why:
+        raise ToolUnavailable(f"{tool} cannot build {recipe.name}: {why}")
     return recipe, t
 
 
 def render(recipe: str | Path | Recipe, tool: str = "mmdebstrap", mirror: Optional[str] = None) -> dict[str, str]:
-    """The native configuration/command the tool would run for this recipe (no build)."""
-    recipe = load_recipe(recipe)
+    """The native configuration/command the tool would run for this recipe (no build; the tool need not be
+    installed, but it must support the recipe's distribution, release and architecture)."""
+    recipe = load_checked(recipe)
     t = get_tool(tool)
-    ctx = BuildContext(recipe, Path("WORK"), Path("LOG"), choose_mirror(recipe.distro, mirror))
-    return t.render(ctx)
+    why = t.cannot_build(recipe, installed=False)
+    if why:
+        raise ToolUnavailable(f"{tool} cannot build {recipe.name}: {why}")
+    return t.render(new_state(recipe, Path("WORK"), Path("LOG"), mirror))
+
+
+def check_mirror(state: BuildState, timeout: float = 10.0) -> None:
+    """Refuse a build whose package mirror does not answer, before any work starts."""
+    import urllib.error
+    import urllib.request
+    url = state.distro.mirror_probe_url(state.mirror, state.release)
+    if not url:
+        return
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            pass
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise RecipeError(state.recipe.source or state.recipe.name, "release",
+                          f"{state.distro.pretty_name} {state.release.codename} cannot be built from this host: "
+                          f"its mirror ({state.mirror.origin}) does not answer for {url}: {reason} "
+                          "(allowed: a release whose mirror answers; give one with --mirror)") from None
 
 
 def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str | Path = "build",
@@ -122,41 +138,28 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
     output_dir.mkdir(parents=True, exist_ok=True)
     reap_stale_work(output_dir)
     final, record_path, log = artifact_paths(output_dir, recipe, t)
-    log.write_text("")
     work = output_dir / f"{WORK_PREFIX}{recipe.name}.{t.name}-{os.getpid()}"
     partial = output_dir / f".{final.name}-{os.getpid()}.partial"
-    mirror_choice = choose_mirror(recipe.distro, mirror)
     timer = measure.PhaseTimer()
     started = _dt.datetime.now(_dt.timezone.utc)
     bar = Progress(phases_of(t), enabled=progress, title=f"{recipe.name} / {t.name}", listener=listener)
-    ctx = BuildContext(recipe, work, log, mirror_choice, use_cache, on_line=bar.line)
-    stats: dict[str, Any] = {}
+
+    @contextlib.contextmanager
+    def phase(name: str):
+        with timer.phase(name), bar.phase(name):
+            yield
+
+    state = new_state(recipe, work, log, mirror, use_cache=use_cache, on_line=bar.line, phase=phase)
+    check_mirror(state)
+    log.write_text("")
     with signals_as_exceptions():
         try:
             work.mkdir()
-            rootfs, raw = work / "rootfs", work / "disk.raw"
-            if t.produces == "disk":
-                if t.prepare_phase:
-                    with timer.phase(t.prepare_phase), bar.phase(t.prepare_phase):
-                        t.prepare(ctx)
-                with timer.phase("build"), bar.phase("build"):
-                    info = t.build_disk(ctx, raw)
-                stats.update(packages=info.packages, rootfs_bytes=info.rootfs_bytes, kernel=info.kernel)
-                root_uuid = info.root_uuid
-            else:
-                with timer.phase("bootstrap"), bar.phase("bootstrap"):
-                    t.bootstrap(ctx, rootfs)
-                stats["packages"] = _count_packages(rootfs)
-                if not t.applies_recipe:
-                    with timer.phase("customize"), bar.phase("customize"):
-                        customize.apply(recipe, rootfs, log=log, on_line=bar.line)
-                stats["rootfs_bytes"] = measure.tree_bytes(rootfs)
-                with timer.phase("assemble"), bar.phase("assemble"):
-                    root_uuid = disk.assemble(recipe, rootfs, raw, work, log=log).root_uuid
-                    stats["kernel"] = disk.kernel_version(rootfs)
-                    shutil.rmtree(rootfs)  # free the space before the compressed copy is written
-            stats["allocated_bytes"] = measure.allocated_bytes(raw)
-            with timer.phase("compress"), bar.phase("compress"):
+            raw = work / "disk.raw"
+            with _services(t, state):
+                info = t.execute(state, raw)
+            allocated = measure.allocated_bytes(raw)
+            with phase(COMPRESS):
                 disk.convert(raw, partial, recipe.output.format, recipe.output.compression, log=log)
                 subprocess.run(["qemu-img", "check", "-q", str(partial)], check=recipe.output.format == "qcow2",
                                capture_output=True)
@@ -170,27 +173,83 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
     record = {
         "kind": "diskimages.build", "schema": 1,
         "recipe": recipe.name, "recipe_digest": recipe.digest(), "recipe_file": str(recipe.source or ""),
-        "distro": recipe.distro, "release": recipe.release, "architecture": recipe.architecture,
+        "distro": recipe.distro, "release": recipe.release, "release_version": state.release.version,
+        "architecture": recipe.architecture,
         "desktop": recipe.desktop, "tool": t.name, "tool_version": t.version(), "tool_label": t.label(),
         "assembly": disk.ASSEMBLY_METHOD if t.produces == "rootfs" else t.name,
-        "mirror_origin": mirror_choice.origin, "cache": ctx.stats.get("cache", "off"),
+        "mirror_origin": state.mirror.origin, "cache": state.cache,
         "host": {"kernel": platform.release(), "machine": platform.machine(), "cpus": os.cpu_count()},
         "started": started.isoformat(timespec="seconds"),
         "phases": timer.phases, "total_wall_s": timer.total_wall,
         "total_cpu_s": round(sum(p["cpu_s"] for p in timer.phases.values()), 2),
-        "downloaded_bytes": ctx.stats.get("downloaded_bytes"),
-        "packages": stats["packages"], "rootfs_bytes": stats["rootfs_bytes"],
-        "virtual_bytes": measure.qemu_img_info(final)["virtual-size"], "allocated_bytes": stats["allocated_bytes"],
+        "downloaded_bytes": state.downloaded_bytes,
+        "packages": info.packages, "rootfs_bytes": info.rootfs_bytes,
+        "virtual_bytes": measure.qemu_img_info(final)["virtual-size"], "allocated_bytes": allocated,
         "file_bytes": final.stat().st_size, "sha256": sha,
         "image": final.name, "format": recipe.output.format, "compression": recipe.output.compression,
-        "firmware": recipe.disk.firmware, "kernel": stats["kernel"], "root_uuid": root_uuid,
-        "host_workarounds": ctx.stats.get("host_workarounds", []),
-        "base": ctx.stats.get("base"), "sparsified": ctx.stats.get("sparsified"),
+        "firmware": recipe.disk.firmware, "kernel": info.kernel, "root_uuid": info.root_uuid,
+        "host_workarounds": state.host_workarounds,
+        "base": state.base.as_record() if state.base else None, "sparsified": state.sparsified,
         "autologin_uid": recipe.user_uid(recipe.autologin) if recipe.autologin else None,
         "expect": "desktop" if recipe.desktop != "none" else "login",
     }
     measure.write_record(record, record_path)
     return BuildResult(final, record_path, log, record)
+
+
+@contextlib.contextmanager
+def _services(tool: Tool, state: BuildState):
+    """Hand the tool what it declared it needs: the cloud base image (timed as its own phase), how VMs run
+    here (KVM only after a real boot showed it works), and a libvirt connection with a network; what was
+    started for it is stopped afterwards."""
+    if "base" in tool.needs:
+        with state.phase(tool.BASE_PHASE):
+            state.base = base_image(state, tool)
+    if "accel" in tool.needs:
+        from .qemu import choose_accel
+        kind, why = choose_accel(state.base.path) if state.base else ("tcg", "no image to probe KVM with")
+        state.accel = Accel(kind, why)
+    if "libvirt" not in tool.needs:
+        yield
+        return
+    from . import libvirt_host
+    from .vm import list_vms
+    conn, how = libvirt_host.connect()
+    try:
+        network, _ = libvirt_host.ensure_network(conn)
+        state.libvirt = libvirt_host.Session(conn, network)
+        yield
+    finally:
+        if how.startswith("started") and not list_vms():
+            libvirt_host.stop_started(conn)
+
+
+def base_image(state: BuildState, tool: Tool) -> BaseImage:
+    """The cloud base image of the recipe's release (built with the native builder the first time, then reused
+    while its recipe is unchanged; a recipe may name another with `tools: {TOOL: {base: RECIPE}}`)."""
+    import time
+    from .paths import cache_dir
+    d, rel = state.distro, state.release
+    default = d.cloud_base_recipe.format(version=rel.version) if d.cloud_base_recipe else None
+    name = state.recipe.tool_options(tool.name).get("base", default)
+    if not name:
+        raise ToolUnavailable(f"{tool.name} starts from a cloud base image, and {d.pretty_name} has none")
+    recipe = load_checked(name)
+    where = cache_dir("base", recipe.name)
+    digest = recipe.digest().split(":")[1][:16]
+    image = where / f"{recipe.name}.{digest}.qcow2"
+    if image.is_file():
+        return BaseImage(image, recipe.name, 0.0)
+    t0 = time.monotonic()
+    res = build(recipe, BASE_TOOL, where / "build", mirror=state.mirror.uri if state.mirror.origin == "parameter"
+                else None, use_cache=state.use_cache, progress=False)
+    os.replace(res.record_path, image.with_suffix(".json"))
+    os.replace(res.image, image)
+    shutil.rmtree(where / "build", ignore_errors=True)
+    for old in where.glob(f"{recipe.name}.*"):          # earlier versions of the base recipe
+        if old.name.split(".")[1] != digest:
+            old.unlink()
+    return BaseImage(image, recipe.name, round(time.monotonic() - t0, 1))
 
 
 def attach_boot(result: BuildResult, boot_result) -> None:
@@ -204,9 +263,3 @@ def phase_table(record: dict[str, Any]):
     df = pd.DataFrame(record["phases"]).T
     df.loc["total"] = df.sum()
     return df.rename(columns={"wall_s": "wall s", "cpu_s": "CPU s"})
-
-
-def _count_packages(rootfs: Path) -> int:
-    out = subprocess.run(["dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-W", "-f", "${db:Status-Abbrev}\n"],
-                         capture_output=True, text=True)
-    return sum(1 for line in out.stdout.splitlines() if line.startswith("ii"))

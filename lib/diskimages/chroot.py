@@ -24,8 +24,9 @@ exec chroot "$R" "$@"
 
 def chroot_run(rootfs: Path, cmd: Sequence[str], *, log: Optional[Path] = None, env: Optional[dict] = None,
                stdin: Optional[str] = None, on_line=None, capture: bool = False) -> str:
+    """`env` adds to a neutral environment; callers pass the distribution's (`Distribution.chroot_env`)."""
     rootfs = Path(rootfs).resolve()
-    base_env = {"LC_ALL": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive",
+    base_env = {"LC_ALL": "C.UTF-8",
                 "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
     wrapped = ["unshare", "--mount", "--propagation", "private", "--fork", "--kill-child",
                "sh", "-c", _SETUP, "chroot-run", str(rootfs), *cmd]

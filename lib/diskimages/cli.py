@@ -6,14 +6,17 @@ import json
 import sys
 from pathlib import Path
 
+DEFAULT_RECIPE = "debian-13-xfce"
+
 
 def _cmd_recipes(args) -> int:
     import pandas as pd
-    from .recipe import RecipeError, list_recipe_names, load_recipe
+    from .recipe import RecipeError, list_recipe_names
+    from .tools import load_checked
     rows = []
     for name in list_recipe_names():
         try:
-            r = load_recipe(name)
+            r = load_checked(name)
             rows.append({"recipe": name, "distro": r.distro, "release": r.release, "desktop": r.desktop,
                          "disk": r.disk.size, "firmware": r.disk.firmware, "description": r.description})
         except RecipeError as e:
@@ -23,16 +26,23 @@ def _cmd_recipes(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    from .recipe import load_recipe
+    from .tools import load_checked
     for f in args.recipe:
-        r = load_recipe(f)
+        r = load_checked(f)
         print(f"{r.source}: valid ({r.distro} {r.release}, desktop {r.desktop}, {r.digest()[:19]})")
     return 0
 
 
 def _cmd_tools(args) -> int:
-    from .tools import tool_table
+    from .tools import support_table, tool_table
     print(tool_table().to_string(index=False))
+    print("\nWhich distribution releases each tool builds (amd64):\n")
+    table = support_table()
+    cols = [c for c in table.columns if c not in ("version", "produces", "installed")]
+    for _, row in table[cols].iterrows():
+        print(f"{row['tool']}:")
+        for c in cols[1:]:
+            print(f"  {c:12} {row[c]}")
     return 0
 
 
@@ -137,7 +147,7 @@ def _cmd_matrix(args) -> int:
 
 
 def _cmd_vbrepo(args) -> int:
-    from .vbrepo import write_repo
+    from .tools.virt_builder import write_repo
     index = write_repo(args.directory, args.image)
     print(f"index: {index} (checked by virt-index-validate)\n"
           f"use:   virt-builder --source {index.resolve().as_uri()} --no-check-signature --list")
@@ -237,10 +247,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write the files to this folder")
     p.set_defaults(func=_cmd_render)
     p = sub.add_parser("build", help="build an image: IMAGE, JSON record and log in the output folder")
-    p.add_argument("recipe", nargs="?", default="debian-12-xfce")
+    p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE)
     p.add_argument("--tool", default="mmdebstrap")
     p.add_argument("-o", "--output-dir", default="build")
-    p.add_argument("--mirror", help="Debian mirror URL (default: the build host's apt sources)")
+    p.add_argument("--mirror", help="package mirror URL (default: the build host's own package sources when it "
+                                    "runs the recipe's distribution, else the tool's default)")
     p.add_argument("--compression", choices=["zstd", "zlib", "none"])
     p.add_argument("--no-cache", action="store_true", help="do not reuse or keep downloaded packages")
     p.add_argument("--boot", action="store_true", help="boot-check the image after building")

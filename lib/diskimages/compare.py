@@ -12,30 +12,36 @@ from typing import Iterable, Optional
 
 from . import measure
 from .paths import notebooks_dir
-from .recipe import RecipeError, list_recipe_names, load_recipe
-from .tools import TOOLS, get_tool
+from . import distros
+from .recipe import Recipe, RecipeError, list_recipe_names
+from .tools import get_tool, load_checked, names as tool_names
 
 LOWER_IS_BETTER = ["build s", "CPU s", "downloaded MB", "rootfs MB", "allocated MB", "file MB", "desktop s"]
 
 
+def is_helper(recipe: Recipe) -> bool:
+    """A helper recipe (a distribution's cloud base for the VM builders) is built for them, not compared."""
+    d, rel = distros.for_recipe(recipe)
+    return bool(d.cloud_base_recipe) and recipe.name == d.cloud_base_recipe.format(version=rel.version)
+
+
 def pairs(recipes: Optional[Iterable[str]] = None, tools: Optional[Iterable[str]] = None, *,
           check_installed: bool = True):
-    """Every recipe x tool pair with whether it can be built here and, if not, why."""
+    """Every recipe x tool pair with whether it can be built (here, with `check_installed`) and, if not, why.
+    Helper recipes are left out unless named."""
     import pandas as pd
     rows = []
+    tools = list(tools or tool_names())
     for rname in recipes or list_recipe_names():
         try:
-            recipe = load_recipe(rname)
+            recipe = load_checked(rname)
         except RecipeError as e:
-            rows += [{"recipe": rname, "tool": t, "buildable": False, "reason": str(e)} for t in tools or TOOLS]
+            rows += [{"recipe": rname, "tool": t, "buildable": False, "reason": str(e)} for t in tools]
             continue
-        for tname in tools or sorted(TOOLS):
-            tool = get_tool(tname)
-            if check_installed:
-                reason = tool.unavailable_reason(recipe)
-            else:
-                reason = None if not tool.distros or recipe.distro in tool.distros else \
-                    f"{tname} builds {', '.join(tool.distros)} images, not {recipe.distro}"
+        if not recipes and is_helper(recipe):
+            continue
+        for tname in tools:
+            reason = get_tool(tname).cannot_build(recipe, installed=check_installed)
             rows.append({"recipe": recipe.name, "tool": tname, "buildable": reason is None, "reason": reason or ""})
     return pd.DataFrame(rows, columns=["recipe", "tool", "buildable", "reason"])
 

@@ -14,16 +14,17 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+from . import distros
 from .chroot import chroot_run
-from .distros import get_distro
 from .recipe import Recipe, RecipeError
+from .shell import q as _q, write_file as _write
 
 STAGE = "/var/tmp/diskimages"   # inside the image while customising; removed afterwards
 
 SSH_KEYGEN_UNIT = """\
 [Unit]
 Description=Generate SSH host keys on first boot (diskimages)
-Before=ssh.service
+Before={ssh_service}
 ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
 
 [Service]
@@ -32,7 +33,7 @@ ExecStart=/usr/bin/ssh-keygen -A
 RemainAfterExit=yes
 
 [Install]
-WantedBy=multi-user.target ssh.service
+WantedBy=multi-user.target {ssh_service}
 """
 
 NETWORKD_DHCP = """\
@@ -58,20 +59,10 @@ def password_env_vars(recipe: Recipe) -> dict[str, str]:
     return out
 
 
-def _q(s: str) -> str:
-    return shlex.quote(str(s))
-
-
-def _write(path: str, text: str, mode: str = "0644") -> str:
-    return (f"mkdir -p {_q(os.path.dirname(path))}\n"
-            f"cat > {_q(path)} <<'DISKIMAGES_EOF'\n{text.rstrip()}\nDISKIMAGES_EOF\n"
-            f"chmod {mode} {_q(path)}\n")
-
-
 def render_script(recipe: Recipe, stage: str = STAGE) -> str:
     """The customisation script; `stage` is where the tool put the staging folder inside the image."""
     STAGE = stage  # noqa: N806 (the folder the rest of the script refers to)
-    distro = get_distro(recipe.distro)
+    distro, _ = distros.for_recipe(recipe)
     desk = distro.desktops[recipe.desktop]
     s = ["#!/bin/sh",
          f"# diskimages customisation for recipe {recipe.name} (rendered from the recipe; do not edit)",
@@ -91,20 +82,13 @@ def render_script(recipe: Recipe, stage: str = STAGE) -> str:
                              "::1\tlocalhost ip6-localhost ip6-loopback\n"))
 
     step("locale")
-    if recipe.locale.split(".")[0] != "C":
-        charset = "UTF-8" if recipe.locale.endswith("UTF-8") else "ISO-8859-1"
-        add(_write("/etc/locale.gen", f"{recipe.locale} {charset}"))
-        add("locale-gen")
-    add(_write("/etc/default/locale", f"LANG={recipe.locale}"))
+    add(distro.locale_step(recipe))
 
     step("timezone")
-    add(f"ln -sf {_q('/usr/share/zoneinfo/' + recipe.timezone)} /etc/localtime")
-    add(_write("/etc/timezone", recipe.timezone))
+    add(distro.timezone_step(recipe))
 
     step("keyboard")
-    layout, _, variant = recipe.keyboard.partition("(")
-    add(_write("/etc/default/keyboard", f'XKBMODEL="pc105"\nXKBLAYOUT="{layout}"\n'
-                                        f'XKBVARIANT="{variant.rstrip(")")}"\nXKBOPTIONS=""\nBACKSPACE="guess"'))
+    add(distro.keyboard_step(recipe))
 
     step("overlay files")
     add(f"if [ -d {STAGE}/files ]; then cp -dR --preserve=mode,timestamps,links {STAGE}/files/. /; fi")
@@ -132,7 +116,7 @@ def render_script(recipe: Recipe, stage: str = STAGE) -> str:
 
     if recipe.autologin:
         step(f"autologin {recipe.autologin} ({desk.display_manager or 'console'})")
-        add(_autologin(recipe.autologin, desk.display_manager, desk.session))
+        add(distro.autologin_step(recipe.autologin, desk))
 
     step("network")
     add("if [ ! -x /usr/sbin/NetworkManager ]; then")
@@ -147,7 +131,8 @@ def render_script(recipe: Recipe, stage: str = STAGE) -> str:
 
     step("ssh host keys are generated at first boot")
     add("if [ -x /usr/sbin/sshd ]; then")
-    add(_write("/etc/systemd/system/diskimages-ssh-keygen.service", SSH_KEYGEN_UNIT))
+    add(_write("/etc/systemd/system/diskimages-ssh-keygen.service",
+               SSH_KEYGEN_UNIT.format(ssh_service=distro.ssh_service)))
     add("  systemctl enable diskimages-ssh-keygen.service")
     add("fi")
 
@@ -162,31 +147,14 @@ def render_script(recipe: Recipe, stage: str = STAGE) -> str:
         add(f"(cd / && {STAGE}/scripts/{i} )")
 
     step("hygiene: no machine-id, host keys, caches or logs baked in")
-    add("apt-get clean")
-    add("rm -rf /var/lib/apt/lists/* && mkdir -p /var/lib/apt/lists/partial")
+    add(distro.cleanup_step())
     add("rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub")
     add(": > /etc/machine-id")
     add("if [ -d /var/lib/dbus ]; then ln -sf /etc/machine-id /var/lib/dbus/machine-id; fi")
-    add("rm -f /var/lib/systemd/random-seed /var/cache/debconf/*-old /var/lib/dpkg/*-old /root/.bash_history")
+    add("rm -f /var/lib/systemd/random-seed /root/.bash_history")
     add("find /var/log -type f -exec truncate -s 0 {} +")
     step("done")
     return "\n".join(s) + "\n"
-
-
-def _autologin(user: str, dm: Optional[str], session: Optional[str]) -> str:
-    if dm == "lightdm":
-        return ("getent group autologin >/dev/null || groupadd -r autologin\n"
-                f"gpasswd -a {_q(user)} autologin >/dev/null\n" +
-                _write("/etc/lightdm/lightdm.conf.d/50-diskimages-autologin.conf",
-                       f"[Seat:*]\nautologin-user={user}\nautologin-user-timeout=0\nautologin-session={session}"))
-    if dm == "gdm3":
-        return _write("/etc/gdm3/daemon.conf",
-                      f"[daemon]\nAutomaticLoginEnable=true\nAutomaticLogin={user}\n\n[security]\n\n[xdmcp]\n")
-    if dm == "sddm":
-        return _write("/etc/sddm.conf.d/50-diskimages-autologin.conf",
-                      f"[Autologin]\nUser={user}\nSession={session}.desktop")
-    return _write("/etc/systemd/system/getty@tty1.service.d/50-diskimages-autologin.conf",
-                  f"[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin {user} --noclear %I $TERM")
 
 
 def stage(recipe: Recipe, rootfs: Path, *, where: str = STAGE, files: bool = True, secrets: bool = False) -> Path:
@@ -215,7 +183,7 @@ def stage(recipe: Recipe, rootfs: Path, *, where: str = STAGE, files: bool = Tru
 
 
 class _HostResolver:
-    """Give the tree the host's resolv.conf while customising (scripts may apt-get install) and put back
+    """Give the tree the host's resolv.conf while customising (scripts may install packages) and put back
     exactly what was there before (a file, a symlink such as systemd-resolved's, or nothing)."""
 
     def __init__(self, rootfs: Path):
@@ -236,22 +204,14 @@ class _HostResolver:
             os.rename(self.saved, self.path)
 
 
-POLICY_RC_D = "#!/bin/sh\n# diskimages: no services start while the image is customised\nexit 101\n"
-
-
 def apply(recipe: Recipe, rootfs: Path, *, log: Optional[Path] = None, on_line=None) -> None:
     """Run the recipe's customisation inside `rootfs` (a private mount namespace; nothing leaks)."""
     env = password_env_vars(recipe)
+    distro, _ = distros.for_recipe(recipe)
     st = stage(recipe, rootfs)
-    policy = rootfs / "usr/sbin/policy-rc.d"
-    had_policy = policy.exists()
     try:
-        if not had_policy:
-            policy.write_text(POLICY_RC_D)
-            policy.chmod(0o755)
-        with _HostResolver(rootfs):
-            chroot_run(rootfs, ["/bin/sh", f"{STAGE}/customize.sh"], log=log, env=env, on_line=on_line)
+        with distro.services_held(rootfs), _HostResolver(rootfs):
+            chroot_run(rootfs, ["/bin/sh", f"{STAGE}/customize.sh"], log=log, env={**distro.chroot_env(), **env},
+                       on_line=on_line)
     finally:
-        if not had_policy and policy.exists():
-            policy.unlink()
         shutil.rmtree(st, ignore_errors=True)

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from . import runner
+from . import distros, runner
 from .chroot import chroot_run
+from .distros import Distribution
 from .recipe import Recipe
 
 SECTOR = 512
@@ -35,6 +36,15 @@ GRUB_MODULES = ("part_gpt part_msdos ext2 fat search search_fs_uuid search_label
                 "all_video gzio serial terminal ls cat").split()
 LINUX_TYPES = {LINUX, "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "83"}   # Linux data, x86-64 root, MBR Linux
 ASSEMBLY_METHOD = "loop-free: sfdisk + mkfs.ext4 -d at offset + mkfs.fat/mtools + grub-mkimage"
+
+
+@dataclass
+class DiskInfo:
+    """What the record needs from a finished raw disk (read from the disk itself, or told by the tool)."""
+    root_uuid: str
+    kernel: str
+    packages: int
+    rootfs_bytes: int
 
 
 @dataclass
@@ -59,31 +69,17 @@ class Layout:
         return next((p for p in self.partitions if p.name == name), None)
 
 
-def kernel_version(rootfs: Path) -> str:
-    kernels = sorted((p.name.removeprefix("vmlinuz-") for p in (rootfs / "boot").glob("vmlinuz-*")),
-                     key=_version_key)
-    if not kernels:
-        raise RuntimeError(f"no kernel in {rootfs}/boot: the image needs a kernel package (linux-image-*)")
-    return kernels[-1]
-
-
-def _version_key(v: str):
-    return [int(x) if x.isdigit() else x for x in re.split(r"[.-]", v)]
-
-
-def ensure_initrd(rootfs: Path, kver: str, log: Optional[Path] = None) -> None:
+def ensure_initrd(distro: Distribution, rootfs: Path, kver: str, log: Optional[Path] = None) -> None:
     """Some tools (mkosi's directory output) leave no initrd: generate it inside the image."""
-    if not (rootfs / f"boot/initrd.img-{kver}").exists():
-        chroot_run(rootfs, ["update-initramfs", "-c", "-k", kver], log=log)
+    if not (rootfs / distro.initrd_file(kver)).exists():
+        chroot_run(rootfs, distro.initrd_command(kver), log=log, env=distro.chroot_env())
 
 
-def grub_cfg(recipe: Recipe, layout: Layout, kver: str, rootfs: Path) -> str:
-    kernel = "/vmlinuz" if os.path.lexists(rootfs / "vmlinuz") else f"/boot/vmlinuz-{kver}"
-    initrd = "/initrd.img" if os.path.lexists(rootfs / "initrd.img") else f"/boot/initrd.img-{kver}"
+def grub_cfg(recipe: Recipe, layout: Layout, kver: str, rootfs: Path, distro: Distribution) -> str:
+    kernel, initrd = distro.kernel_path(rootfs, kver), distro.initrd_path(rootfs, kver)
     title = recipe.description or recipe.name
     return f"""\
-# written by diskimages: the kernel and initrd are found through the /vmlinuz and /initrd.img links,
-# so kernel upgrades inside the image keep booting
+# written by diskimages
 set timeout=1
 serial --unit=0 --speed=115200
 terminal_input console serial
@@ -110,10 +106,11 @@ def plan_layout(recipe: Recipe) -> Layout:
     return Layout(parts, root_uuid=str(uuid.uuid4()), esp_id=uuid.uuid4().hex[:8].upper())
 
 
-def prepare_tree(recipe: Recipe, rootfs: Path, layout: Layout, log: Optional[Path] = None) -> str:
+def prepare_tree(recipe: Recipe, rootfs: Path, layout: Layout, distro: Distribution,
+                 log: Optional[Path] = None) -> str:
     """Boot configuration inside the tree: fstab, /etc/default/grub, /boot/grub/grub.cfg and GRUB's modules."""
-    kver = kernel_version(rootfs)
-    ensure_initrd(rootfs, kver, log)
+    kver = distro.kernel_version(rootfs)
+    ensure_initrd(distro, rootfs, kver, log)
     fstab = [f"UUID={layout.root_uuid} / ext4 errors=remount-ro 0 1"]
     if layout.get("esp"):
         (rootfs / "boot/efi").mkdir(parents=True, exist_ok=True)
@@ -122,50 +119,59 @@ def prepare_tree(recipe: Recipe, rootfs: Path, layout: Layout, log: Optional[Pat
     (rootfs / "etc/default").mkdir(parents=True, exist_ok=True)
     (rootfs / "etc/default/grub").write_text(
         "# written by diskimages (used if update-grub is ever run inside the image)\n"
-        "GRUB_DEFAULT=0\nGRUB_TIMEOUT=1\nGRUB_DISTRIBUTOR=`lsb_release -i -s 2> /dev/null || echo Debian`\n"
+        "GRUB_DEFAULT=0\nGRUB_TIMEOUT=1\n"
+        f"GRUB_DISTRIBUTOR=`lsb_release -i -s 2> /dev/null || echo {distro.grub_distributor}`\n"
         f'GRUB_CMDLINE_LINUX_DEFAULT="{recipe.kernel_cmdline}"\nGRUB_CMDLINE_LINUX="{SERIAL_CONSOLE}"\n'
         'GRUB_TERMINAL="console serial"\nGRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n')
     grub_dir = rootfs / "boot/grub"
     grub_dir.mkdir(parents=True, exist_ok=True)
-    for platform in ("i386-pc", "x86_64-efi"):
-        src = rootfs / "usr/lib/grub" / platform
+    for target in boot_targets(recipe, distro):
+        src = rootfs / distro.grub_lib.lstrip("/") / target.platform
         if src.is_dir():
-            dst = grub_dir / platform
+            dst = grub_dir / target.platform
             shutil.rmtree(dst, ignore_errors=True)
             dst.mkdir()
             for f in src.iterdir():
                 if f.suffix in (".mod", ".lst"):
                     shutil.copy(f, dst / f.name)
-    (grub_dir / "grub.cfg").write_text(grub_cfg(recipe, layout, kver, rootfs))
+    (grub_dir / "grub.cfg").write_text(grub_cfg(recipe, layout, kver, rootfs, distro))
     return kver
 
 
-def make_grub_images(rootfs: Path, layout: Layout, outdir: Path, log: Optional[Path] = None) -> dict[str, Path]:
-    """Run the image's own grub-mkimage (plain chroot, no mounts needed); returns {"efi"|"core": path}."""
+def boot_targets(recipe: Recipe, distro: Distribution):
+    """The boot loader images the recipe's firmware setting asks for, on the recipe's architecture."""
+    wanted = {"bios": {"bios"}, "uefi": {"uefi"}, "both": {"bios", "uefi"}}[recipe.disk.firmware]
+    targets = [t for t in distro.boot_targets(recipe.architecture) if t.firmware in wanted]
+    missing = wanted - {t.firmware for t in targets}
+    if missing:
+        raise RuntimeError(f"{distro.pretty_name} on {recipe.architecture} has no {' or '.join(sorted(missing))} "
+                           "boot loader")
+    return targets
+
+
+def make_grub_images(recipe: Recipe, rootfs: Path, layout: Layout, outdir: Path, distro: Distribution,
+                     log: Optional[Path] = None) -> dict[str, Path]:
+    """Run the image's own grub-mkimage (plain chroot, no mounts needed); returns {"uefi"|"bios"|"boot": path}."""
     work_rel = "var/tmp/diskimages-grub"
     work = rootfs / work_rel
     work.mkdir(parents=True, exist_ok=True)
     early = f"search --no-floppy --fs-uuid --set=root {layout.root_uuid}\nset prefix=($root)/boot/grub\n"
     (work / "early.cfg").write_text(early)
-    wanted = []
-    if layout.get("esp"):
-        wanted.append(("efi", "x86_64-efi", "BOOTX64.EFI", ["efi_gop", "efi_uga"]))
-    if layout.get("bios"):
-        wanted.append(("core", "i386-pc", "core.img", ["biosdisk"]))
     out = {}
+    lib = distro.grub_lib.rstrip("/")
     try:
-        for key, platform, name, extra in wanted:
-            if not (rootfs / "usr/lib/grub" / platform).is_dir():
-                raise RuntimeError(f"the image has no GRUB {platform} modules (/usr/lib/grub/{platform}): "
-                                   f"install grub-pc-bin / grub-efi-amd64-bin in it")
-            runner.run(["chroot", rootfs, "grub-mkimage", "-O", platform, "-d", f"/usr/lib/grub/{platform}",
-                        "-c", f"/{work_rel}/early.cfg", "-p", "/boot/grub", "-o", f"/{work_rel}/{name}",
-                        *extra, *GRUB_MODULES], log=log)
-            shutil.move(work / name, outdir / name)
-            out[key] = outdir / name
-        if layout.get("bios"):
-            shutil.copy(rootfs / "usr/lib/grub/i386-pc/boot.img", outdir / "boot.img")
-            out["boot"] = outdir / "boot.img"
+        for t in boot_targets(recipe, distro):
+            if not (rootfs / lib.lstrip("/") / t.platform).is_dir():
+                raise RuntimeError(f"the image has no GRUB {t.platform} modules ({lib}/{t.platform}): install "
+                                   f"{' / '.join(distro.bootloader_packages(recipe.architecture))} in it")
+            runner.run(["chroot", rootfs, distro.grub_mkimage, "-O", t.platform, "-d", f"{lib}/{t.platform}",
+                        "-c", f"/{work_rel}/early.cfg", "-p", "/boot/grub", "-o", f"/{work_rel}/{t.image}",
+                        *t.modules, *GRUB_MODULES], log=log)
+            shutil.move(work / t.image, outdir / t.image)
+            out[t.firmware] = outdir / t.image
+            if t.firmware == "bios":
+                shutil.copy(rootfs / lib.lstrip("/") / t.platform / "boot.img", outdir / "boot.img")
+                out["boot"] = outdir / "boot.img"
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
@@ -226,9 +232,10 @@ def embed_grub_bios(raw: Path, core_img: Path, boot_img: Path, part: Partition) 
 
 def assemble(recipe: Recipe, rootfs: Path, raw: Path, work: Path, log: Optional[Path] = None) -> Layout:
     """Write a bootable raw disk image of `rootfs` to `raw` (created sparse)."""
+    distro, _ = distros.for_recipe(recipe)
     layout = plan_layout(recipe)
-    prepare_tree(recipe, rootfs, layout, log)
-    images = make_grub_images(rootfs, layout, work, log)
+    prepare_tree(recipe, rootfs, layout, distro, log)
+    images = make_grub_images(recipe, rootfs, layout, work, distro, log)
     partition(raw, recipe.disk.size_bytes, layout, log)
     root = layout.get("root")
     runner.run(["mkfs.ext4", "-F", "-q", "-L", "rootfs", "-U", layout.root_uuid, "-E", f"offset={root.offset}",
@@ -240,10 +247,10 @@ def assemble(recipe: Recipe, rootfs: Path, raw: Path, work: Path, log: Optional[
         target = f"{raw}@@{esp.offset}"
         env = {"MTOOLS_SKIP_CHECK": "1"}
         runner.run(["mmd", "-i", target, "::/EFI", "::/EFI/BOOT"], env=env, log=log)
-        runner.run(["mcopy", "-i", target, images["efi"], "::/EFI/BOOT/BOOTX64.EFI"], env=env, log=log)
+        runner.run(["mcopy", "-i", target, images["uefi"], f"::/EFI/BOOT/{images['uefi'].name}"], env=env, log=log)
     bios = layout.get("bios")
     if bios:
-        embed_grub_bios(raw, images["core"], images["boot"], bios)
+        embed_grub_bios(raw, images["bios"], images["boot"], bios)
     return layout
 
 
@@ -258,9 +265,8 @@ def convert(raw: Path, out: Path, fmt: str, compression: str, log: Optional[Path
     runner.run([*cmd, raw, out], log=log)
 
 
-def raw_disk_info(raw: Path):
+def raw_disk_info(raw: Path, distro: Distribution) -> DiskInfo:
     """Read what the record needs from a raw disk another tool made (debugfs, no mounts)."""
-    from .tools import DiskInfo
     off = root_partition_offset(raw)
     target = f"{raw}?offset={off}"
 
@@ -272,8 +278,7 @@ def raw_disk_info(raw: Path):
     blocks = int(re.search(r"Block count:\s*(\d+)", stats).group(1))
     free = int(re.search(r"Free blocks:\s*(\d+)", stats).group(1))
     bsize = int(re.search(r"Block size:\s*(\d+)", stats).group(1))
-    status = dbg("cat /var/lib/dpkg/status")
-    packages = sum(1 for s in status.split("\n\n") if "Status: install ok installed" in s)
+    packages = distro.count_packages_in_db(dbg(f"cat {distro.package_db}"))
     boot = dbg("ls -p /boot")
     kernels = [f.split("/")[5].removeprefix("vmlinuz-") for f in boot.splitlines()
                if f.count("/") >= 6 and f.split("/")[5].startswith("vmlinuz-")]

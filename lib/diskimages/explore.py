@@ -13,8 +13,9 @@ from typing import Any, Optional
 
 import ipywidgets as W
 
-from .recipe import DESKTOPS, RecipeError, list_recipe_names, load_recipe, recipe_from_data
-from .tools import TOOLS
+from . import distros
+from .recipe import RecipeError, list_recipe_names, recipe_from_data
+from .tools import check_recipe, get_tool, load_checked, names as tool_names
 
 EDITABLE = ("desktop", "packages", "users", "autologin", "disk", "output")
 LOG_LINES = 12
@@ -25,14 +26,16 @@ def _split(text: str) -> list[str]:
 
 
 class Explorer:
-    def __init__(self, recipe: str = "debian-12-xfce", tool: str = "mmdebstrap", output_dir: str = "build"):
-        self.base = load_recipe(recipe)
+    def __init__(self, recipe: str = "debian-13-xfce", tool: str = "mmdebstrap", output_dir: str = "build"):
+        self.base = load_checked(recipe)
         self.output_dir = Path(output_dir)
         self.result = None
         self.thread: Optional[threading.Thread] = None
         self.recipe_w = W.Dropdown(options=list_recipe_names(), value=self.base.name, description="recipe")
-        self.tool_w = W.Dropdown(options=sorted(TOOLS), value=tool, description="tool")
-        self.desktop_w = W.Dropdown(options=list(DESKTOPS), description="desktop")
+        self.tool_w = W.Dropdown(options=self.tools_for(self.base), description="tool")
+        if tool in self.tool_w.options:
+            self.tool_w.value = tool
+        self.desktop_w = W.Dropdown(options=list(distros.get(self.base.distro).desktops), description="desktop")
         self.packages_w = W.Text(description="packages", placeholder="extra packages, space separated")
         self.users_w = W.Text(description="users", placeholder="user names, space separated")
         self.autologin_w = W.Text(description="autologin", placeholder="a user name, or empty")
@@ -58,7 +61,17 @@ class Explorer:
         self.validate()
 
     # -- state
+    @staticmethod
+    def tools_for(recipe) -> list[str]:
+        """The tools that build this recipe's distribution, release and architecture (installed or not)."""
+        return [n for n in tool_names() if get_tool(n).cannot_build(recipe, installed=False) is None]
+
     def _load_fields(self, recipe) -> None:
+        self.desktop_w.options = list(distros.get(recipe.distro).desktops)
+        current = self.tool_w.value
+        self.tool_w.options = self.tools_for(recipe)
+        if current in self.tool_w.options:
+            self.tool_w.value = current
         self.desktop_w.value = recipe.desktop
         self.packages_w.value = " ".join(recipe.packages)
         self.users_w.value = " ".join(u.name for u in recipe.users)
@@ -67,7 +80,7 @@ class Explorer:
         self.compression_w.value = recipe.output.compression
 
     def _on_recipe(self, change) -> None:
-        self.base = load_recipe(change["new"])
+        self.base = load_checked(change["new"])
         self._load_fields(self.base)
         self.validate()
 
@@ -89,7 +102,7 @@ class Explorer:
         for e in self.errors.values():
             e.value = ""
         try:
-            recipe = recipe_from_data(self.data(), self.base.source)
+            recipe = check_recipe(recipe_from_data(self.data(), self.base.source))
         except RecipeError as err:
             head = err.field.split(".")[0]
             target = self.errors.get(head)

@@ -30,6 +30,23 @@ class LibvirtUnavailable(RuntimeError):
     pass
 
 
+class Session:
+    """A libvirt connection and the network VMs join, handed to the tools that drive libvirt themselves."""
+
+    def __init__(self, conn, network: str):
+        self.conn, self.network = conn, network
+
+    def destroy(self, name: str) -> None:
+        """Stop the domain `name` if it still runs (a transient domain is then gone)."""
+        libvirt = _libvirt()
+        try:
+            dom = self.conn.lookupByName(name)
+            if dom.isActive():
+                dom.destroy()
+        except libvirt.libvirtError:
+            pass
+
+
 def _libvirt():
     try:
         import libvirt

@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .paths import recipes_dir
 
 DESKTOPS = ("xfce", "gnome", "kde", "mate", "lxqt", "none")
-DISTROS = ("debian", "ubuntu", "fedora", "arch")
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.I)
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -127,9 +126,10 @@ class Output(_Strict):
 class Recipe(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     description: str = ""
-    distro: Literal[DISTROS]
+    # distro, release and architecture are checked against the distribution modules (distros.check)
+    distro: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
     release: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
-    architecture: Literal["amd64", "arm64"] = "amd64"
+    architecture: str = Field("amd64", pattern=r"^[a-z0-9_]+$")
     desktop: Literal[DESKTOPS] = "none"
     packages: list[str] = Field(default_factory=list)
     hostname: str = Field("localhost", pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -153,8 +153,8 @@ class Recipe(_Strict):
     @classmethod
     def _packages(cls, v):
         for p in v:
-            if not re.match(r"^[a-z0-9][a-z0-9+.-]+$", p):
-                raise ValueError(f"{p!r} is not a package name (allowed: lower-case letters, digits, + - .)")
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9+._-]*", p):
+                raise ValueError(f"{p!r} is not a package name (allowed: letters, digits, + - . _)")
         return v
 
     @field_validator("services")
@@ -179,14 +179,11 @@ class Recipe(_Strict):
             raise ValueError("must be plain kernel parameters (no quotes, newlines, $, ;, ` or backslashes)")
         return v
 
-    @field_validator("tools")
+    @field_validator("release", mode="before")
     @classmethod
-    def _tools(cls, v):
-        from .tools import TOOLS  # the registry; imported late to avoid a cycle
-        for key in v:
-            if key not in TOOLS:
-                raise ValueError(f"unknown tool {key!r} (allowed: {', '.join(sorted(TOOLS))})")
-        return v
+    def _release(cls, v):
+        # `release: 13` in YAML is a number
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
     @model_validator(mode="after")
     def _cross(self):

@@ -1,11 +1,12 @@
 """What the VM-driven builders (virt-install, Packer, virt-builder) share.
 
-They start from a base image made by this project (`debian-12-cloud-base`, built with the native builder and
-cached by its recipe digest) and turn it into the recipe's image inside a VM, the way these tools are used with
+They start from a cloud base image of the recipe's release (e.g. `debian-13-cloud-base`), which the orchestrator
+builds with the native builder, caches by its recipe digest and hands to the tool, and turn it into the recipe's
+image inside a VM, the way these tools are used with
 distribution cloud images. Inside the VM one script (`vm-build.sh`, in a staging tarball with the shared
 customisation script, the recipe's files and scripts) installs the packages without Recommends (as the other
 builders do), sets the kernel command line, runs customize.sh, and cleans cloud-init's state; it reports its
-result on the serial console. Base images from `debian-12-cloud-base` have GPT + BIOS boot + ESP + ext4 root
+result on the serial console. The cloud base images have GPT + BIOS boot + ESP + ext4 root
 with the root last, so the disk is grown by moving the GPT backup header here and growing the root partition and
 file system at first boot (cloud-init growpart/resizefs).
 """
@@ -14,8 +15,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import shlex
 import shutil
 import subprocess
 import tarfile
@@ -25,60 +24,25 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from . import customize, disk
-from .distros import get_distro
+from . import customize, disk, distros
 from .paths import cache_dir
-from .recipe import Recipe, load_recipe
-
-BASE_RECIPE = "debian-12-cloud-base"
+from .recipe import Recipe
 OK_MARK = "DISKIMAGES-VM-BUILD-OK"
 FAIL_MARK = "DISKIMAGES-VM-BUILD-FAILED"
 VM_SCRIPT = "vm-build.sh"
 BUILD_UID = 59999
 
 
-def prepare_base(ctx, tool: str) -> None:
-    """Tool.prepare of the VM builders: the base image, remembered in ctx.stats (the record's `base`)."""
-    path, info = base_image(ctx, tool)
-    ctx.stats["base"] = info
-    ctx.stats["base_path"] = path
-
-
-def base_image(ctx, tool: str) -> tuple[Path, dict]:
-    """The cloud base image (built with mmdebstrap the first time, then reused while its recipe is unchanged;
-    a recipe may name another with `tools: {TOOL: {base: RECIPE}}`); returns (path, info) where info says
-    whether it was built now and how long that took."""
-    from .build import build
-    recipe = load_recipe(ctx.recipe.tool_options(tool).get("base", BASE_RECIPE))
-    where = cache_dir("base", recipe.name)
-    digest = recipe.digest().split(":")[1][:16]
-    image = where / f"{recipe.name}.{digest}.qcow2"
-    if image.is_file():
-        return image, {"base_image": image.name, "base_built_s": 0.0, "base_recipe": recipe.name}
-    t0 = time.monotonic()
-    res = build(recipe, "mmdebstrap", where / "build", mirror=ctx.mirror.uri if ctx.mirror.origin == "parameter"
-                else None, use_cache=ctx.use_cache, progress=False)
-    os.replace(res.record_path, image.with_suffix(".json"))
-    os.replace(res.image, image)
-    shutil.rmtree(where / "build", ignore_errors=True)
-    for old in where.glob(f"{recipe.name}.*"):          # earlier versions of the base recipe
-        if old.name.split(".")[1] != digest:
-            old.unlink()
-    return image, {"base_image": image.name, "base_built_s": round(time.monotonic() - t0, 1),
-                   "base_recipe": recipe.name}
-
-
 def vm_script(recipe: Recipe) -> str:
     """The script the VM runs as root: packages, kernel command line, the shared customisation, clean-up."""
-    pkgs = " ".join(shlex.quote(p) for p in get_distro(recipe.distro).packages_for(recipe))
+    distro, _ = distros.for_recipe(recipe)
+    install = distro.install_command(distro.packages_for(recipe))
     stage = customize.STAGE
     return f"""#!/bin/sh
 # diskimages: turn the cloud base into recipe {recipe.name} (runs inside the build VM as root)
 set -eu
-export DEBIAN_FRONTEND=noninteractive
 echo "diskimages: packages"
-apt-get update -q
-apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold {pkgs}
+{install.rstrip()}
 echo "diskimages: kernel command line"
 sed -i -E 's#^(  linux .* ro {disk.SERIAL_CONSOLE}).*#\\1 {recipe.kernel_cmdline}#' /boot/grub/grub.cfg
 sed -i -E 's#^GRUB_CMDLINE_LINUX_DEFAULT=.*#GRUB_CMDLINE_LINUX_DEFAULT="{recipe.kernel_cmdline}"#' /etc/default/grub
@@ -206,17 +170,16 @@ class SerialWatch:
         return "\n".join(self.path.read_bytes().decode(errors="replace").splitlines()[-n:])
 
 
-def osinfo_name() -> str:
-    """A Debian 12 name virt-install's osinfo database knows (older databases stop at debian11)."""
+def osinfo_name(distro, release) -> str:
+    """The most specific osinfo id of the release that virt-install's osinfo database knows (older databases
+    stop at earlier releases)."""
+    ids = distro.osinfo_ids(release)
     try:
         out = subprocess.run(["virt-install", "--osinfo", "list"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return "linux2022"
+        return ids[-1]
     names = {n.strip() for line in out.splitlines() for n in line.split(",")}
-    for cand in ("debian12", "debian11", "linux2022"):
-        if cand in names:
-            return cand
-    return "generic"
+    return next((i for i in ids if i in names), "generic")
 
 
 def host_has_kernel() -> bool:
@@ -229,10 +192,9 @@ def host_has_kernel() -> bool:
     return False
 
 
-def appliance_kernel(base: Path, log: Optional[Path] = None) -> dict[str, str]:
+def appliance_kernel(base: Path, distro, log: Optional[Path] = None) -> dict[str, str]:
     """SUPERMIN_KERNEL/_MODULES/_KERNEL_VERSION pointing at the kernel and modules of the base image itself
     (extracted once with debugfs, no mounts), for hosts without a kernel in /boot."""
-    from .paths import cache_dir
     from .runner import run
     where = cache_dir("appliance-kernel", base.stem)
     done = where / "version"
@@ -240,7 +202,7 @@ def appliance_kernel(base: Path, log: Optional[Path] = None) -> dict[str, str]:
         with tempfile.TemporaryDirectory(prefix="diskimages-kernel-", dir=where) as tmp:
             raw = Path(tmp) / "base.raw"
             run(["qemu-img", "convert", "-O", "raw", base, raw], log=log)
-            info = disk.raw_disk_info(raw)
+            info = disk.raw_disk_info(raw, distro)
             target = f"{raw}?offset={disk.root_partition_offset(raw)}"
             kver = info.kernel
             (where / "modules").mkdir(exist_ok=True)
@@ -254,17 +216,16 @@ def appliance_kernel(base: Path, log: Optional[Path] = None) -> dict[str, str]:
             "SUPERMIN_KERNEL_VERSION": kver}
 
 
-def guestfs_env(base: Path, log: Optional[Path] = None) -> tuple[dict, list[str], list[str]]:
+def guestfs_env(state, log: Optional[Path] = None) -> tuple[dict, list[str], list[str]]:
     """(environment, what it works around, folders to create) for a libguestfs tool on this host: TCG when
     KVM does not run guests, and the base image's own kernel for the appliance when the host has none."""
-    from .qemu import choose_accel
-    accel, why = choose_accel(base)
+    base = state.base.path
     env, applied, make_dirs = {"LIBGUESTFS_BACKEND": "direct"}, [], []
-    if accel != "kvm":
+    if state.accel is None or state.accel.kind != "kvm":
         env["LIBGUESTFS_BACKEND_SETTINGS"] = "force_tcg"
-        applied.append(f"LIBGUESTFS_BACKEND_SETTINGS=force_tcg: {why}")
+        applied.append(f"LIBGUESTFS_BACKEND_SETTINGS=force_tcg: {state.accel.reason if state.accel else 'no KVM'}")
     if not host_has_kernel():
-        env.update(appliance_kernel(base, log=log))
+        env.update(appliance_kernel(base, state.distro, log=log))
         applied.append(f"libguestfs appliance boots the base image's kernel {env['SUPERMIN_KERNEL_VERSION']} "
                        "(SUPERMIN_KERNEL/_MODULES): the host has no kernel in /boot")
         # supermin copies the attributes of /lib/modules, which such a host may lack
@@ -272,26 +233,25 @@ def guestfs_env(base: Path, log: Optional[Path] = None) -> tuple[dict, list[str]
     return env, applied, make_dirs
 
 
-def run_guestfs(ctx, argv: list, base: Path, hide: Sequence[str] = ()) -> list[str]:
-    """Run a libguestfs tool (virt-builder, virt-sparsify) the way this host needs; returns the workarounds."""
+def run_guestfs(state, argv: list, hide: Sequence[str] = ()) -> None:
+    """Run a libguestfs tool (virt-builder, virt-sparsify) the way this host needs (the workarounds go into
+    the record)."""
     from .hostfix import PrivateNamespace
     from .runner import run
-    env, applied, make_dirs = guestfs_env(base, ctx.log)
+    env, applied, make_dirs = guestfs_env(state, state.log)
     # libguestfs puts its sockets in TMPDIR: a short one (a unix socket path has at most 107 bytes)
     tmp = Path(tempfile.mkdtemp(prefix="diskimages-gfs-"))
     env["TMPDIR"] = str(tmp)
     try:
-        with PrivateNamespace(ctx.work / f"hostfix-{Path(argv[0]).name}", hide=hide, make_dirs=make_dirs) as ns:
-            run(ns.argv(argv), env=env, log=ctx.log, on_line=ctx.on_line)
-            return applied + ns.applied
+        with PrivateNamespace(state.work / f"hostfix-{Path(argv[0]).name}", hide=hide, make_dirs=make_dirs) as ns:
+            run(ns.argv(argv), env=env, log=state.log, on_line=state.on_line)
+            state.workaround(*applied, *ns.applied)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def sparsify(ctx, raw: Path, base: Path) -> None:
+def sparsify(state, raw: Path) -> None:
     """Zero the free space of the finished disk in place (virt-sparsify --in-place, as the seed's create-image
     did): packages downloaded and deleted inside the VM leave data behind that compression would otherwise keep."""
-    applied = run_guestfs(ctx, ["virt-sparsify", "--in-place", str(raw)], base)
-    known = ctx.stats.setdefault("host_workarounds", [])
-    known += [a for a in applied if a not in known]
-    ctx.stats["sparsified"] = "virt-sparsify --in-place"
+    run_guestfs(state, ["virt-sparsify", "--in-place", str(raw)])
+    state.sparsified = "virt-sparsify --in-place"

@@ -1,36 +1,332 @@
-"""One module per distribution behind one interface (packages for a desktop, display manager, sessions).
+"""Distributions: one module per distribution family, each a subclass of `Distribution` (the model is mkosi's
+`mkosi/distributions/`: one installer class per family, a derived family overriding only what differs).
 
-A distribution module exposes a `Distro` object; `get_distro(name)` returns it.
+A distribution owns everything that differs between distributions: its releases, its package sources and
+keyring, its package manager (install, clean up, list installed packages, which cache files count), kernel and
+initramfs, the boot loader per architecture, the customisation steps that differ (locale, keyboard, time zone,
+autologin, package-manager clean-up), its desktops, the osinfo ids libvirt knows it by, and its package-name rule.
+Everything outside this package asks the distribution instead of knowing.
+
+Adding a distribution is one module here (or anywhere, imported before use): subclass `Distribution` with a
+`name`; it registers itself.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+import datetime as _dt
+import importlib
+import pkgutil
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Iterator, Optional
+
+from ..recipe import Recipe, RecipeError
+from ..shell import q, write_file
+from .sources import MirrorChoice
+
+__all__ = ["Distribution", "Release", "DesktopSpec", "BootTarget", "MirrorChoice", "get", "names", "check",
+           "host", "for_recipe"]
+
+
+@dataclass(frozen=True)
+class Release:
+    codename: str
+    version: str
+    eol: Optional[str] = None          # ISO date the release stops getting security updates, when known
+
+    @property
+    def supported(self) -> bool:
+        return self.eol is None or _dt.date.fromisoformat(self.eol) >= _dt.date.today()
 
 
 @dataclass(frozen=True)
 class DesktopSpec:
     packages: tuple[str, ...]
-    display_manager: str | None     # lightdm | gdm3 | sddm | None (console)
-    session: str | None             # the X session name the display manager starts
+    display_manager: Optional[str]     # lightdm | gdm | sddm | None (console autologin through getty)
+    session: Optional[str]             # the session name the display manager starts
+    process: Optional[str] = None      # the process that shows the user's session is running (boot check)
+    min_disk_gib: int = 2              # a disk smaller than this cannot hold the desktop
 
 
 @dataclass(frozen=True)
-class Distro:
-    name: str
-    base_packages: tuple[str, ...]
-    desktops: dict[str, DesktopSpec] = field(default_factory=dict)
-    sudo_group: str = "sudo"
+class BootTarget:
+    """One firmware's boot loader image, made by the image's own grub-mkimage."""
+    firmware: str                      # "bios" | "uefi"
+    platform: str                      # GRUB platform, e.g. x86_64-efi
+    image: str                         # file name: core.img, BOOTX64.EFI
+    modules: tuple[str, ...] = ()      # modules on top of the common set
 
-    def packages_for(self, recipe) -> list[str]:
-        pkgs = list(self.base_packages) + list(self.desktops[recipe.desktop].packages) + list(recipe.packages)
+
+class Distribution:
+    """The interface, with the defaults most systemd-based distributions share. Subclasses set the class
+    attributes and override what differs; every method is a plain function of its arguments."""
+
+    name: ClassVar[str]
+    pretty_name: ClassVar[str]
+    releases: ClassVar[tuple[Release, ...]] = ()
+    default_release: ClassVar[str] = ""
+    #: architecture -> None when images are built for it, else why not (refused at validation with this)
+    architectures: ClassVar[dict[str, Optional[str]]] = {"amd64": None}
+    desktops: ClassVar[dict[str, DesktopSpec]] = {}
+    #: a package name of this distribution (validation of `packages`)
+    package_name_pattern: ClassVar[str] = r"[A-Za-z0-9][A-Za-z0-9+._-]*"
+    package_manager: ClassVar[str] = ""
+    #: glob of the package files a package cache holds
+    package_cache_glob: ClassVar[str] = "*"
+    #: where the installed-package database lives in the image (read without mounting by disk tools)
+    package_db: ClassVar[str] = ""
+    sudo_group: ClassVar[str] = "wheel"
+    ssh_service: ClassVar[str] = "sshd.service"
+    grub_mkimage: ClassVar[str] = "grub-mkimage"
+    grub_lib: ClassVar[str] = "/usr/lib/grub"
+    grub_distributor: ClassVar[str] = ""
+    #: the helper recipe the VM-driven builders start from, per release version ("{version}" is replaced)
+    cloud_base_recipe: ClassVar[Optional[str]] = None
+
+    # -- registry
+    _registry: ClassVar[dict[str, type["Distribution"]]] = {}
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "name" in cls.__dict__:
+            Distribution._registry[cls.name] = cls
+
+    # -- releases and architectures
+    def release(self, name_or_version: str) -> Release:
+        """The release named by codename or version ("trixie" or "13"); KeyError naming the known ones."""
+        s = str(name_or_version).strip().lower()
+        for r in self.releases:
+            if s in (r.codename, r.version):
+                return r
+        raise KeyError(self._known_releases())
+
+    def _known_releases(self) -> str:
+        return ", ".join(f"{r.codename} ({r.version})" for r in self.releases)
+
+    def default(self) -> Release:
+        return self.release(self.default_release)
+
+    def osinfo_ids(self, release: Release) -> list[str]:
+        """libosinfo ids for this release, most specific first (virt-install --osinfo)."""
+        return [f"{self.name}{release.version}", "linux2022", "generic"]
+
+    # -- package sources
+    def choose_mirror(self, parameter: Optional[str] = None, root: Path = Path("/")) -> MirrorChoice:
+        if parameter:
+            return MirrorChoice(parameter.rstrip("/"), None, "parameter")
+        return MirrorChoice(None, None, "tool default")
+
+    def sources_lines(self, mirror: MirrorChoice, release: Release, components=("main",)) -> list[str]:
+        return []
+
+    def mirror_probe_url(self, mirror: MirrorChoice, release: Release) -> Optional[str]:
+        """A small file the mirror serves for this release (to refuse an unreachable mirror before building)."""
+        return None
+
+    # -- packages
+    base_packages: ClassVar[tuple[str, ...]] = ()
+
+    def kernel_packages(self, arch: str) -> tuple[str, ...]:
+        return ()
+
+    def bootloader_packages(self, arch: str) -> tuple[str, ...]:
+        """What the image needs for its own grub-mkimage and GRUB modules."""
+        return ()
+
+    def grub_setup_packages(self, arch: str) -> tuple[str, ...]:
+        """What a tool that runs grub-install and the GRUB config generator inside the image needs on top."""
+        return ()
+
+    def packages_for(self, recipe: Recipe) -> list[str]:
+        pkgs = [*self.base_packages, *self.kernel_packages(recipe.architecture),
+                *self.bootloader_packages(recipe.architecture), *self.desktops[recipe.desktop].packages,
+                *recipe.packages]
         if any(u.sudo or u.sudo_nopasswd for u in recipe.users):
             pkgs.append("sudo")
         return list(dict.fromkeys(pkgs))
 
+    def install_command(self, packages: list[str]) -> str:
+        """Shell that installs `packages` in a running system of this distribution (the VM builders)."""
+        raise NotImplementedError
 
-def get_distro(name: str) -> Distro:
-    from . import debian
-    registry = {"debian": debian.DEBIAN}
-    if name not in registry:
-        raise KeyError(f"no distribution module for {name!r} (have: {', '.join(registry)})")
-    return registry[name]
+    def installed_packages(self, rootfs: Path) -> list[dict]:
+        """[{name, version, architecture}] of the packages installed in a root tree."""
+        raise NotImplementedError
+
+    def count_packages_in_db(self, db_text: str) -> int:
+        """How many packages are installed, from the text of `package_db` (read from a disk by debugfs)."""
+        raise NotImplementedError
+
+    def chroot_env(self) -> dict[str, str]:
+        """Environment for commands run in the image's tree (no interactive questions)."""
+        return {}
+
+    @contextlib.contextmanager
+    def services_held(self, rootfs: Path) -> Iterator[None]:
+        """While customising a tree, no package's maintainer script may start a service."""
+        yield
+
+    # -- kernel and initramfs
+    def kernel_version(self, rootfs: Path) -> str:
+        kernels = sorted((p.name.removeprefix("vmlinuz-") for p in (rootfs / "boot").glob("vmlinuz-*")),
+                         key=_version_key)
+        if not kernels:
+            raise RuntimeError(f"no kernel in {rootfs}/boot: the image needs a kernel package "
+                               f"({', '.join(self.kernel_packages('amd64')) or 'linux'})")
+        return kernels[-1]
+
+    def kernel_path(self, rootfs: Path, kver: str) -> str:
+        return f"/boot/vmlinuz-{kver}"
+
+    def initrd_file(self, kver: str) -> str:
+        """The initramfs of kernel `kver`, relative to the root (checked to exist before assembly)."""
+        return f"boot/initramfs-{kver}.img"
+
+    def initrd_path(self, rootfs: Path, kver: str) -> str:
+        """The initramfs as the boot loader configuration names it."""
+        return "/" + self.initrd_file(kver)
+
+    def initrd_command(self, kver: str) -> list[str]:
+        return ["dracut", "--force", "--kver", kver]
+
+    # -- boot loader
+    def boot_targets(self, arch: str) -> list[BootTarget]:
+        if arch == "amd64":
+            return [BootTarget("uefi", "x86_64-efi", "BOOTX64.EFI", ("efi_gop", "efi_uga")),
+                    BootTarget("bios", "i386-pc", "core.img", ("biosdisk",))]
+        if arch == "arm64":
+            return [BootTarget("uefi", "arm64-efi", "BOOTAA64.EFI", ("efi_gop",))]
+        return []
+
+    # -- customisation steps: shell text run as root inside the image
+    def locale_step(self, recipe: Recipe) -> str:
+        return write_file("/etc/locale.conf", f"LANG={recipe.locale}")
+
+    def timezone_step(self, recipe: Recipe) -> str:
+        return f"ln -sf {q('../usr/share/zoneinfo/' + recipe.timezone)} /etc/localtime\n"
+
+    def keyboard_step(self, recipe: Recipe) -> str:
+        layout, variant = _layout(recipe.keyboard)
+        return (write_file("/etc/vconsole.conf", f"KEYMAP={layout}") +
+                write_file("/etc/X11/xorg.conf.d/00-keyboard.conf",
+                           'Section "InputClass"\n  Identifier "system-keyboard"\n  MatchIsKeyboard "on"\n'
+                           f'  Option "XkbLayout" "{layout}"\n  Option "XkbVariant" "{variant}"\nEndSection'))
+
+    def autologin_step(self, user: str, desktop: DesktopSpec) -> str:
+        dm, session = desktop.display_manager, desktop.session
+        if dm == "lightdm":
+            return ("getent group autologin >/dev/null || groupadd -r autologin\n"
+                    f"gpasswd -a {q(user)} autologin >/dev/null\n" +
+                    write_file("/etc/lightdm/lightdm.conf.d/50-diskimages-autologin.conf",
+                               f"[Seat:*]\nautologin-user={user}\nautologin-user-timeout=0\n"
+                               f"autologin-session={session}"))
+        if dm == "gdm":
+            return write_file(self.gdm_config,
+                              f"[daemon]\nAutomaticLoginEnable=true\nAutomaticLogin={user}\n\n[security]\n\n[xdmcp]\n")
+        if dm == "sddm":
+            return write_file("/etc/sddm.conf.d/50-diskimages-autologin.conf",
+                              f"[Autologin]\nUser={user}\nSession={session}.desktop")
+        return write_file("/etc/systemd/system/getty@tty1.service.d/50-diskimages-autologin.conf",
+                          f"[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin {user} --noclear %I $TERM")
+
+    gdm_config: ClassVar[str] = "/etc/gdm/custom.conf"
+
+    def cleanup_step(self) -> str:
+        """The package manager's caches and indexes, which an image must not carry."""
+        return ""
+
+    # -- the build host, when it runs this distribution
+    def host_package_version(self, package: str) -> Optional[str]:
+        """The version of a package installed on the build host (tools without --version)."""
+        return None
+
+
+def _layout(keyboard: str) -> tuple[str, str]:
+    layout, _, variant = keyboard.partition("(")
+    return layout, variant.rstrip(")")
+
+
+def _version_key(v: str):
+    return [int(x) if x.isdigit() else x for x in re.split(r"[.-]", v)]
+
+
+# -- the registry: every module of this package, plus any subclass defined elsewhere (imported before use)
+_discovered = False
+
+
+def _discover() -> None:
+    global _discovered
+    if not _discovered:
+        _discovered = True
+        for m in pkgutil.iter_modules(__path__):
+            if m.name != "sources":
+                importlib.import_module(f"{__name__}.{m.name}")
+
+
+def names() -> list[str]:
+    _discover()
+    return sorted(Distribution._registry)
+
+
+def get(name: str) -> Distribution:
+    _discover()
+    cls = Distribution._registry.get(name)
+    if cls is None:
+        raise KeyError(f"no distribution {name!r} (allowed: {', '.join(names())})")
+    return cls()
+
+
+def for_recipe(recipe: Recipe) -> tuple[Distribution, Release]:
+    d = get(recipe.distro)
+    return d, d.release(recipe.release)
+
+
+def host(root: Path = Path("/")) -> Optional[Distribution]:
+    """The distribution the build host runs, when this project knows it (for its own package versions)."""
+    try:
+        text = (root / "etc/os-release").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^ID=\"?([^\"\n]+)", text, re.M)
+    try:
+        return get(m.group(1)) if m else None
+    except KeyError:
+        return None
+
+
+def check(recipe: Recipe, *, field_prefix: str = "") -> Recipe:
+    """Check the recipe against its distribution and return it with `release` as the codename.
+    Raises RecipeError naming the file, the field and what is allowed."""
+    src = recipe.source
+    try:
+        d = get(recipe.distro)
+    except KeyError:
+        raise RecipeError(src, "distro", f"{recipe.distro!r} is not allowed (allowed: {', '.join(names())})") \
+            from None
+    try:
+        rel = d.release(recipe.release)
+    except KeyError as e:
+        raise RecipeError(src, "release", f"{recipe.release!r} is not a {d.pretty_name} release "
+                                          f"(allowed: {e.args[0]})") from None
+    arch_why = d.architectures.get(recipe.architecture, "unknown architecture")
+    if recipe.architecture not in d.architectures or arch_why:
+        ok = ", ".join(a for a, why in d.architectures.items() if why is None)
+        raise RecipeError(src, "architecture", f"{recipe.architecture!r} is not built for {d.pretty_name}: "
+                                               f"{arch_why} (allowed: {ok})")
+    if recipe.desktop not in d.desktops:
+        raise RecipeError(src, "desktop", f"{recipe.desktop!r} is not a {d.pretty_name} desktop "
+                                          f"(allowed: {', '.join(d.desktops)})")
+    pat = re.compile(d.package_name_pattern)
+    for p in recipe.packages:
+        if not pat.fullmatch(p):
+            raise RecipeError(src, "packages", f"{p!r} is not a {d.pretty_name} package name "
+                                                    f"(allowed: {d.package_name_pattern})")
+    need = d.desktops[recipe.desktop].min_disk_gib
+    if recipe.disk.size_bytes < need << 30:
+        raise RecipeError(src, "disk.size", f"{recipe.disk.size} is too small for the {recipe.desktop} "
+                                            f"desktop of {d.pretty_name} (allowed: {need}G or more)")
+    if rel.codename != recipe.release:
+        recipe = recipe.model_copy(update={"release": rel.codename})
+    return recipe
+

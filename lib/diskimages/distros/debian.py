@@ -1,27 +1,257 @@
-"""Debian: the packages each desktop needs when Recommends are not installed (mmdebstrap's default)."""
-from . import DesktopSpec, Distro
+"""Debian: apt and dpkg, initramfs-tools, GRUB from the image's own grub-*-bin packages, and the packages each
+desktop needs when Recommends are not installed (every builder here installs without them).
+
+A derived family (Ubuntu) subclasses `Debian` and overrides the releases, the sources and the desktops.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Iterator, Optional
+
+from ..recipe import Recipe
+from ..shell import q, write_file
+from . import DesktopSpec, Distribution, Release
+from .sources import MirrorChoice
 
 _X = ("xserver-xorg-core", "xserver-xorg-input-libinput", "xserver-xorg-video-qxl", "xserver-xorg-video-fbdev",
       "xserver-xorg-video-vesa", "fonts-dejavu-core", "dbus-x11", "at-spi2-core")
+_NM = ("network-manager",)
 
-DEBIAN = Distro(
-    name="debian",
-    base_packages=(
-        "linux-image-amd64", "initramfs-tools", "systemd-sysv", "udev", "dbus", "dbus-user-session",
-        "libpam-systemd", "kmod", "e2fsprogs", "locales", "tzdata", "keyboard-configuration", "console-setup",
-        # GRUB's modules and grub-mkimage, used inside the image so the boot loader matches its own release
-        "grub-pc-bin", "grub-efi-amd64-bin", "grub2-common",
+POLICY_RC_D = "#!/bin/sh\n# diskimages: no services start while the image is customised\nexit 101\n"
+
+
+@dataclass(frozen=True)
+class AptSource:
+    uri: str
+    suites: tuple[str, ...]
+    components: tuple[str, ...]
+    signed_by: Optional[str] = None
+
+
+class Debian(Distribution):
+    name = "debian"
+    pretty_name = "Debian"
+    # eol: the end of LTS security support as announced by Debian
+    releases = (Release("bookworm", "12", "2028-06-30"), Release("trixie", "13", "2030-06-30"))
+    default_release = "trixie"
+    architectures = {
+        "amd64": None,
+        "arm64": "arm64 images are not built yet: a cross-build needs qemu-user through binfmt_misc and the boot "
+                 "check needs qemu-system-aarch64, which this project does not drive yet",
+    }
+    package_name_pattern = r"[a-z0-9][a-z0-9+.-]+"
+    package_manager = "apt"
+    package_cache_glob = "*.deb"
+    package_db = "/var/lib/dpkg/status"
+    sudo_group = "sudo"
+    ssh_service = "ssh.service"
+    grub_distributor = "Debian"
+    gdm_config = "/etc/gdm3/daemon.conf"
+    cloud_base_recipe = "debian-{version}-cloud-base"
+    keyring_packages: ClassVar[tuple[str, ...]] = ("debian-archive-keyring",)
+
+    base_packages = (
+        "initramfs-tools", "systemd-sysv", "udev", "dbus", "dbus-user-session", "libpam-systemd", "kmod",
+        "e2fsprogs", "locales", "tzdata", "keyboard-configuration", "console-setup",
         "iproute2", "netbase", "ca-certificates", "less", "procps",
-    ),
-    desktops={
+    )
+    desktops = {
         # console only: systemd-networkd + resolved configure the network (desktops use NetworkManager)
-        "none": DesktopSpec(("systemd-resolved",), None, None),
-        "xfce": DesktopSpec(("xfce4", "xfce4-terminal", "lightdm", "lightdm-gtk-greeter", "network-manager",
-                             "network-manager-gnome") + _X, "lightdm", "xfce"),
-        "gnome": DesktopSpec(("gnome-core", "gdm3", "network-manager") + _X, "gdm3", "gnome"),
-        "kde": DesktopSpec(("kde-plasma-desktop", "sddm", "network-manager") + _X, "sddm", "plasma"),
-        "mate": DesktopSpec(("mate-desktop-environment-core", "lightdm", "lightdm-gtk-greeter",
-                             "network-manager") + _X, "lightdm", "mate"),
-        "lxqt": DesktopSpec(("lxqt-core", "sddm", "network-manager") + _X, "sddm", "lxqt"),
-    },
-)
+        "none": DesktopSpec(("systemd-resolved",), None, None, min_disk_gib=1),
+        "xfce": DesktopSpec(("xfce4", "xfce4-terminal", "lightdm", "lightdm-gtk-greeter", "network-manager-gnome")
+                            + _NM + _X, "lightdm", "xfce", min_disk_gib=3),
+        "gnome": DesktopSpec(("gnome-core", "gdm3") + _NM + _X, "gdm", "gnome", min_disk_gib=6),
+        "kde": DesktopSpec(("kde-plasma-desktop", "sddm") + _NM + _X, "sddm", "plasma", min_disk_gib=6),
+        "mate": DesktopSpec(("mate-desktop-environment-core", "lightdm", "lightdm-gtk-greeter") + _NM + _X,
+                            "lightdm", "mate", min_disk_gib=3),
+        "lxqt": DesktopSpec(("lxqt-core", "sddm") + _NM + _X, "sddm", "lxqt", min_disk_gib=3),
+    }
+
+    def osinfo_ids(self, release: Release) -> list[str]:
+        older = [f"debian{v}" for v in range(int(release.version) - 1, 10, -1)] if release.version.isdigit() else []
+        return [f"debian{release.version}", *older, "linux2022", "generic"]
+
+    # -- sources: the host's own archive when the host runs Debian, else the parameter or the tool's default
+    def choose_mirror(self, parameter: Optional[str] = None, root: Path = Path("/")) -> MirrorChoice:
+        param = parameter or os.environ.get("DISKIMAGES_MIRROR") or None
+        if param:
+            return MirrorChoice(param.rstrip("/"), None, "parameter")
+        if _os_id(root) != self.name:
+            return MirrorChoice(None, None, "tool default")
+        main = security = None
+        for s in host_apt_sources(root):
+            if any(x.endswith("-security") or x.endswith("/updates") for x in s.suites):
+                security = security or s.uri
+            elif any("-" not in x for x in s.suites):
+                main = main or s.uri
+        if not main:
+            return MirrorChoice(None, None, "tool default")
+        return MirrorChoice(main, security, "host apt sources")
+
+    def sources_lines(self, mirror: MirrorChoice, release: Release, components=("main",)) -> list[str]:
+        """One-line apt sources (the form mmdebstrap and debootstrap-style tools accept)."""
+        if not mirror.uri:
+            return []
+        comps = " ".join(components)
+        suite = release.codename
+        lines = [f"deb {mirror.uri} {suite} {comps}", f"deb {mirror.uri} {suite}-updates {comps}"]
+        if mirror.security_uri:
+            lines.append(f"deb {mirror.security_uri} {suite}-security {comps}")
+        return lines
+
+    def mirror_probe_url(self, mirror: MirrorChoice, release: Release) -> Optional[str]:
+        return f"{mirror.uri}/dists/{release.codename}/InRelease" if mirror.uri else None
+
+    # -- packages
+    def kernel_packages(self, arch: str) -> tuple[str, ...]:
+        return (f"linux-image-{arch}",)
+
+    def bootloader_packages(self, arch: str) -> tuple[str, ...]:
+        # GRUB's modules and grub-mkimage, used inside the image so the boot loader matches its own release
+        if arch == "amd64":
+            return ("grub-pc-bin", "grub-efi-amd64-bin", "grub2-common")
+        return (f"grub-efi-{arch}-bin", "grub2-common")
+
+    def grub_setup_packages(self, arch: str) -> tuple[str, ...]:
+        """What a tool that runs grub-install and update-grub inside the image needs on top (debos)."""
+        return ("grub-pc",) if arch == "amd64" else (f"grub-efi-{arch}",)
+
+    def install_command(self, packages: list[str]) -> str:
+        return ("export DEBIAN_FRONTEND=noninteractive\n"
+                "apt-get update -q\n"
+                "apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold "
+                + " ".join(q(p) for p in packages) + "\n")
+
+    def installed_packages(self, rootfs: Path) -> list[dict]:
+        out = subprocess.run(["dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-W", "-f",
+                              "${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n"],
+                             capture_output=True, text=True)
+        rows = []
+        for line in out.stdout.splitlines():
+            status, name, version, arch = (line.split("\t") + ["", "", ""])[:4]
+            if status.startswith("ii"):
+                rows.append({"name": name, "version": version, "architecture": arch})
+        return rows
+
+    def count_packages_in_db(self, db_text: str) -> int:
+        return sum(1 for s in db_text.split("\n\n") if "Status: install ok installed" in s)
+
+    def chroot_env(self) -> dict[str, str]:
+        return {"DEBIAN_FRONTEND": "noninteractive"}
+
+    @contextlib.contextmanager
+    def services_held(self, rootfs: Path) -> Iterator[None]:
+        policy = rootfs / "usr/sbin/policy-rc.d"
+        had = policy.exists()
+        try:
+            if not had:
+                policy.write_text(POLICY_RC_D)
+                policy.chmod(0o755)
+            yield
+        finally:
+            if not had and policy.exists():
+                policy.unlink()
+
+    # -- kernel and initramfs (the /vmlinuz and /initrd.img links keep kernel upgrades booting)
+    def kernel_path(self, rootfs: Path, kver: str) -> str:
+        return "/vmlinuz" if os.path.lexists(rootfs / "vmlinuz") else f"/boot/vmlinuz-{kver}"
+
+    def initrd_path(self, rootfs: Path, kver: str) -> str:
+        if os.path.lexists(rootfs / "initrd.img") and os.path.exists(rootfs / f"boot/initrd.img-{kver}"):
+            return "/initrd.img"
+        return f"/boot/initrd.img-{kver}"
+
+    def initrd_file(self, kver: str) -> str:
+        return f"boot/initrd.img-{kver}"
+
+    def initrd_command(self, kver: str) -> list[str]:
+        return ["update-initramfs", "-c", "-k", kver]
+
+    # -- customisation steps
+    def locale_step(self, recipe: Recipe) -> str:
+        s = ""
+        if recipe.locale.split(".")[0] != "C":
+            charset = "UTF-8" if recipe.locale.endswith("UTF-8") else "ISO-8859-1"
+            s += write_file("/etc/locale.gen", f"{recipe.locale} {charset}") + "locale-gen\n"
+        return s + write_file("/etc/default/locale", f"LANG={recipe.locale}")
+
+    def timezone_step(self, recipe: Recipe) -> str:
+        return (f"ln -sf {q('/usr/share/zoneinfo/' + recipe.timezone)} /etc/localtime\n"
+                + write_file("/etc/timezone", recipe.timezone))
+
+    def keyboard_step(self, recipe: Recipe) -> str:
+        layout, _, variant = recipe.keyboard.partition("(")
+        return write_file("/etc/default/keyboard", f'XKBMODEL="pc105"\nXKBLAYOUT="{layout}"\n'
+                                                   f'XKBVARIANT="{variant.rstrip(")")}"\nXKBOPTIONS=""\n'
+                                                   'BACKSPACE="guess"')
+
+    def cleanup_step(self) -> str:
+        return ("apt-get clean\n"
+                "rm -rf /var/lib/apt/lists/* && mkdir -p /var/lib/apt/lists/partial\n"
+                "rm -f /var/cache/debconf/*-old /var/lib/dpkg/*-old\n")
+
+    # -- the build host (Debian), for the versions of the tools it installed
+    def host_package_version(self, package: str) -> Optional[str]:
+        out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package], capture_output=True, text=True)
+        return out.stdout.split("-")[0] if out.returncode == 0 and out.stdout else None
+
+
+def _os_id(root: Path) -> str:
+    try:
+        text = (root / "etc/os-release").read_text()
+    except OSError:
+        return ""
+    m = re.search(r"^ID=\"?([^\"\n]+)", text, re.M)
+    return m.group(1) if m else ""
+
+
+def _parse_deb822(text: str) -> list[AptSource]:
+    out = []
+    for stanza in re.split(r"\n\s*\n", text):
+        fields: dict[str, str] = {}
+        key = None
+        for line in stanza.splitlines():
+            if line.startswith("#") or not line.strip():
+                continue
+            if line[0].isspace() and key:
+                fields[key] += " " + line.strip()
+                continue
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            fields[key] = value.strip()
+        if "deb" not in fields.get("types", "").split() or fields.get("enabled", "yes").lower() == "no":
+            continue
+        for uri in fields.get("uris", "").split():
+            out.append(AptSource(uri.rstrip("/"), tuple(fields.get("suites", "").split()),
+                                 tuple(fields.get("components", "").split()), fields.get("signed-by")))
+    return out
+
+
+def _parse_one_line(text: str) -> list[AptSource]:
+    out = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        m = re.match(r"^deb\s+(\[[^\]]*\]\s+)?(\S+)\s+(\S+)\s*(.*)$", line)
+        if m:
+            out.append(AptSource(m.group(2).rstrip("/"), (m.group(3),), tuple(m.group(4).split())))
+    return out
+
+
+def host_apt_sources(root: Path = Path("/")) -> list[AptSource]:
+    sources = []
+    main = root / "etc/apt/sources.list"
+    if main.is_file():
+        sources += _parse_one_line(main.read_text(errors="replace"))
+    d = root / "etc/apt/sources.list.d"
+    if d.is_dir():
+        for f in sorted(d.iterdir()):
+            if f.suffix == ".sources":
+                sources += _parse_deb822(f.read_text(errors="replace"))
+            elif f.suffix == ".list":
+                sources += _parse_one_line(f.read_text(errors="replace"))
+    return sources

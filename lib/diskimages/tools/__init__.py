@@ -1,65 +1,111 @@
-"""Build tools: one module per tool, all behind the `Tool` interface, found through the `TOOLS` registry.
+"""Build tools: one module per tool, each a subclass of `RootfsTool` (the tool makes a root tree; diskimages
+customises it and assembles the disk) or `DiskTool` (the tool makes the whole bootable disk).
 
-Adding a tool means one module here that subclasses `Tool` (or `RootfsTool`) and registers itself with
-`@register`, plus one test.
+The lifecycle is a template method, the shape of papermill's `Engine.execute_notebook`: `Tool.execute` owns the
+phases, timing and clean-up order, and a tool implements only its own step (`bootstrap` or `build_disk`) and
+`render`. What a build carries from step to step is one typed `BuildState`.
+
+Each tool says which (distribution, release, architecture) it builds, and why not where it does not
+(`supports`); `build`, `render`, `matrix`, `compare`, `tools` and the explorer all use that one answer.
+
+Adding a tool is one module here (or a subclass defined anywhere and imported before use): subclass `RootfsTool`
+or `DiskTool` with a `name`; it registers itself.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import pkgutil
 import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Optional
+from typing import Any, Callable, ClassVar, ContextManager, Iterator, Optional
 
-from ..mirror import MirrorChoice
+from .. import customize, distros, disk, measure
+from ..disk import DiskInfo
+from ..distros import Distribution, MirrorChoice, Release
 from ..paths import cache_dir
-from ..recipe import Recipe
-
-TOOLS: dict[str, type["Tool"]] = {}
-_MODULES = ("mmdebstrap", "mkosi", "debos", "virt_install", "packer", "virt_builder", "oz")
+from ..recipe import Recipe, RecipeError, load_recipe
 
 
 class ToolUnavailable(RuntimeError):
     """The tool is not installed, or cannot build this recipe (the message says why)."""
 
 
-@dataclass
-class DiskInfo:
-    """What a disk-producing tool reports about the raw disk it made."""
-    root_uuid: str
-    kernel: str
-    packages: int
-    rootfs_bytes: int
+@dataclass(frozen=True)
+class BaseImage:
+    """The image a VM-driven tool starts from, made by the orchestrator before the tool runs."""
+    path: Path
+    recipe: str
+    built_s: float              # 0 when it came from the cache
+
+    def as_record(self) -> dict:
+        return {"base_image": self.path.name, "base_recipe": self.recipe, "base_built_s": self.built_s}
+
+
+@dataclass(frozen=True)
+class Accel:
+    """How VMs run on this host: "kvm" or "tcg", and how that was decided (a real boot, not the device node)."""
+    kind: str
+    reason: str
 
 
 @dataclass
-class BuildContext:
+class BuildState:
     recipe: Recipe
+    distro: Distribution
+    release: Release
     work: Path
     log: Path
     mirror: MirrorChoice
     use_cache: bool = True
     on_line: Optional[Callable[[str], None]] = None
-    stats: dict = field(default_factory=dict)   # what the tool measured (downloaded_bytes, ...)
+    #: phase(name) times a phase and shows it (set by the orchestrator)
+    phase: Callable[[str], ContextManager] = field(default=lambda name: contextlib.nullcontext())
+    # handed in by the orchestrator to the tools that ask for them (Tool.needs)
+    base: Optional[BaseImage] = None
+    accel: Optional[Accel] = None
+    libvirt: Any = None                     # a libvirt connection with the build network (libvirt_host.Session)
+    # what the tool reports for the record
+    downloaded_bytes: Optional[int] = None
+    cache: str = "off"
+    host_workarounds: list[str] = field(default_factory=list)
+    sparsified: Optional[str] = None
+
+    def workaround(self, *what: str) -> None:
+        self.host_workarounds += [w for w in what if w not in self.host_workarounds]
 
 
 class Tool:
     name: ClassVar[str]
     program: ClassVar[str]
     #: "rootfs": the tool makes a tree and diskimages assembles it; "disk": the tool makes the bootable disk
-    produces: ClassVar[str] = "rootfs"
+    produces: ClassVar[str]
     #: True when the tool's own configuration applies the recipe (mkosi.postinst, a debos run action, ...);
     #: False when diskimages customises the tree the tool made
     applies_recipe: ClassVar[bool] = False
-    #: recipe field -> the tool's own setting that expresses it (anything else goes through the shared
-    #: customisation script, run the tool's way); see `coverage()`
+    #: recipe field -> the tool's own setting that expresses it (the rest goes through customize.sh)
     native: ClassVar[dict[str, str]] = {}
     #: recipe field -> why this tool cannot honour it (the build is refused with that message)
     unsupported: ClassVar[dict[str, str]] = {}
     description: ClassVar[str] = ""
-    distros: ClassVar[tuple[str, ...]] = ()
+    #: the package managers of the distributions it installs (e.g. "apt"); empty: any
+    package_managers: ClassVar[tuple[str, ...]] = ()
+    architectures: ClassVar[tuple[str, ...]] = ("amd64",)
+    #: what the orchestrator must hand in: "base" (a cloud base image), "accel" (KVM or TCG), "libvirt"
+    needs: ClassVar[frozenset[str]] = frozenset()
+    #: the phase the orchestrator runs first when "base" is needed
+    BASE_PHASE: ClassVar[str] = "base"
 
+    _registry: ClassVar[dict[str, type["Tool"]]] = {}
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "name" in cls.__dict__:
+            Tool._registry[cls.name] = cls
+
+    # -- installed?
     def version(self) -> Optional[str]:
         """The installed version, or None when the tool is not installed."""
         if not shutil.which(self.program):
@@ -72,27 +118,82 @@ class Tool:
         return text[0].split()[-1] if text else "unknown"
 
     def package_version(self, package: str) -> Optional[str]:
-        """The version of the distribution package that installed the tool (for tools without --version)."""
+        """The version of the host package that installed the tool (for tools without --version)."""
         if not shutil.which(self.program):
             return None
-        out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package], capture_output=True, text=True)
-        return out.stdout.split("-")[0] if out.returncode == 0 and out.stdout else "unknown"
+        h = distros.host()
+        return (h.host_package_version(package) if h else None) or "unknown"
 
-    def unavailable_reason(self, recipe: Optional[Recipe] = None) -> Optional[str]:
-        """Why this tool cannot build `recipe` here (None when it can)."""
+    def unavailable_reason(self) -> Optional[str]:
+        """Why this tool cannot run on this host (None when it can)."""
         if self.version() is None:
             return f"{self.program} is not installed (scripts/setup.sh installs it)"
-        if recipe is not None and self.distros and recipe.distro not in self.distros:
-            return f"{self.name} builds {', '.join(self.distros)} images, not {recipe.distro}"
+        return None
+
+    # -- can it build this?
+    def supports(self, distro: Distribution, release: Release, arch: str) -> Optional[str]:
+        """Why this tool cannot build (distro, release, arch), or None when it can."""
+        if self.package_managers and distro.package_manager not in self.package_managers:
+            return (f"{self.name} installs {'/'.join(self.package_managers)} distributions; "
+                    f"{distro.pretty_name} uses {distro.package_manager or 'another package manager'}")
+        if arch not in self.architectures:
+            return f"{self.name} builds {', '.join(self.architectures)} images here, not {arch}"
         return None
 
     def refusals(self, recipe: Recipe) -> list[str]:
         """Recipe fields this tool cannot honour, each as 'FILE: FIELD: why' (empty when it can build it)."""
-        out = []
-        for fld, why in self.unsupported.items():
-            if _field_is_set(recipe, fld):
-                out.append(f"{recipe.source or recipe.name}: {fld}: {self.name} cannot do this: {why}")
-        return out
+        return [f"{recipe.source or recipe.name}: {fld}: {self.name} cannot do this: {why}"
+                for fld, why in self.unsupported.items() if _field_is_set(recipe, fld)]
+
+    def cannot_build(self, recipe: Recipe, *, installed: bool = True) -> Optional[str]:
+        """The one answer to "can this tool build this recipe here?": None, or why not."""
+        try:
+            d, rel = distros.for_recipe(recipe)
+        except KeyError as e:
+            return str(e.args[0])
+        why = self.supports(d, rel, recipe.architecture)
+        if why is None:
+            refused = self.refusals(recipe)
+            why = "; ".join(refused) if refused else None
+        if why is None and installed:
+            why = self.unavailable_reason()
+        return why
+
+    # -- the lifecycle
+    def phases(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def render(self, state: BuildState) -> dict[str, str]:
+        """The tool's native configuration and command line for this recipe: {file name: text}."""
+        raise NotImplementedError
+
+    def execute(self, state: BuildState, raw: Path) -> DiskInfo:
+        """Make the bootable raw disk `raw`, phase by phase (the template method; tools implement the steps)."""
+        raise NotImplementedError
+
+    def label(self) -> str:
+        return f"{self.name} + diskimages assembly" if self.produces == "rootfs" else self.name
+
+    def cache_path(self, state: BuildState) -> Path:
+        """This tool's own package cache for the recipe's distribution, release and architecture: tools never
+        share one (one tool's cache layout would end up inside another tool's image)."""
+        r = state.recipe
+        if not state.use_cache:
+            return state.work / "package-cache"
+        return cache_dir("packages", self.name, f"{r.distro}-{state.release.codename}-{r.architecture}")
+
+    @contextlib.contextmanager
+    def package_cache(self, state: BuildState) -> Iterator[Path]:
+        """Count what a build downloaded into the tool's package cache (the record's `cache` and
+        `downloaded_bytes`); a throwaway cache when caching is off, so a cold build is measured the same way."""
+        path = self.cache_path(state)
+        path.mkdir(parents=True, exist_ok=True)
+        glob = state.distro.package_cache_glob
+        before = {p for p in path.rglob(glob)}
+        yield path
+        new = [p for p in path.rglob(glob) if p not in before]
+        state.downloaded_bytes = sum(p.stat().st_size for p in new)
+        state.cache = ("warm" if not new else "cold" if not before else "partial") if state.use_cache else "off"
 
     def coverage(self, recipe: Recipe):
         """How each recipe field is carried out by this tool: a pandas DataFrame (field, how, setting)."""
@@ -111,26 +212,49 @@ class Tool:
             rows.append({"field": fld, "set in recipe": _field_is_set(recipe, fld), "how": how, "setting": setting})
         return pd.DataFrame(rows)
 
-    def render(self, ctx: BuildContext) -> dict[str, str]:
-        """The tool's native configuration and command line for this recipe: {file name: text}."""
+
+class RootfsTool(Tool):
+    """The tool makes a root file system tree; diskimages customises it (unless the tool applies the recipe
+    itself) and assembles the bootable disk."""
+    produces = "rootfs"
+
+    def bootstrap(self, state: BuildState, rootfs: Path) -> None:
+        """Make the root tree in `rootfs` (the tool's one step)."""
         raise NotImplementedError
 
-    def bootstrap(self, ctx: BuildContext, rootfs: Path) -> None:
-        """Make the root file system tree in `rootfs` (rootfs tools)."""
+    def phases(self) -> tuple[str, ...]:
+        return ("bootstrap", "assemble") if self.applies_recipe else ("bootstrap", "customize", "assemble")
+
+    def execute(self, state: BuildState, raw: Path) -> DiskInfo:
+        rootfs = state.work / "rootfs"
+        with state.phase("bootstrap"):
+            self.bootstrap(state, rootfs)
+        packages = len(state.distro.installed_packages(rootfs))
+        if not self.applies_recipe:
+            with state.phase("customize"):
+                customize.apply(state.recipe, rootfs, log=state.log, on_line=state.on_line)
+        rootfs_bytes = measure.tree_bytes(rootfs)
+        with state.phase("assemble"):
+            layout = disk.assemble(state.recipe, rootfs, raw, state.work, log=state.log)
+            kernel = state.distro.kernel_version(rootfs)
+            shutil.rmtree(rootfs)  # free the space before the compressed copy is written
+        return DiskInfo(root_uuid=layout.root_uuid, kernel=kernel, packages=packages, rootfs_bytes=rootfs_bytes)
+
+
+class DiskTool(Tool):
+    """The tool makes the whole bootable disk."""
+    produces = "disk"
+
+    def build_disk(self, state: BuildState, raw: Path) -> DiskInfo:
+        """Make the bootable raw disk `raw` (the tool's one step)."""
         raise NotImplementedError
 
-    #: the name of a phase run before the build (e.g. "base": the VM builders' cloud base image), or None
-    prepare_phase: ClassVar[Optional[str]] = None
+    def phases(self) -> tuple[str, ...]:
+        return ((self.BASE_PHASE,) if "base" in self.needs else ()) + ("build",)
 
-    def prepare(self, ctx: BuildContext) -> None:
-        """Work before the tool's own run, timed as `prepare_phase` (the VM builders make their base image)."""
-
-    def build_disk(self, ctx: BuildContext, raw: Path) -> DiskInfo:
-        """Make the bootable raw disk `raw` (disk tools)."""
-        raise NotImplementedError
-
-    def label(self) -> str:
-        return f"{self.name} + diskimages assembly" if self.produces == "rootfs" else self.name
+    def execute(self, state: BuildState, raw: Path) -> DiskInfo:
+        with state.phase("build"):
+            return self.build_disk(state, raw)
 
 
 COVERED_FIELDS = ("packages", "desktop", "hostname", "locale", "timezone", "keyboard", "users", "autologin",
@@ -162,50 +286,60 @@ def _field_is_set(recipe: Recipe, fld: str) -> bool:
     return value != default and value not in (None, "", [], {})
 
 
-class PackageCache:
-    """The shared .deb cache of a distro release (or a throwaway one inside the work folder when the cache is
-    off, so a cold build is measured the same way): counts what a build downloaded into it."""
-
-    def __init__(self, ctx: BuildContext):
-        r = ctx.recipe
-        self.use = ctx.use_cache
-        self.path = cache_dir("apt", f"{r.distro}-{r.release}-{r.architecture}") if ctx.use_cache \
-            else ctx.work / "apt-cache"
-        self.ctx = ctx
-
-    def __enter__(self) -> "PackageCache":
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.before = {p.name for p in self.path.glob("*.deb")}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        new = [p for p in self.path.glob("*.deb") if p.name not in self.before]
-        self.ctx.stats["downloaded_bytes"] = sum(p.stat().st_size for p in new)
-        self.ctx.stats["cache"] = ("warm" if not new else "cold" if not self.before else "partial") \
-            if self.use else "off"
+# -- the registry: every module of this package, plus any subclass defined elsewhere (imported before use)
+for _m in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_m.name}")
 
 
-def register(cls: type[Tool]) -> type[Tool]:
-    TOOLS[cls.name] = cls
-    return cls
-
-
-for _m in _MODULES:
-    importlib.import_module(f"{__name__}.{_m}")
+def names() -> list[str]:
+    return sorted(Tool._registry)
 
 
 def get_tool(name: str) -> Tool:
-    if name not in TOOLS:
-        raise ToolUnavailable(f"unknown tool {name!r} (allowed: {', '.join(sorted(TOOLS))})")
-    return TOOLS[name]()
+    if name not in Tool._registry:
+        raise ToolUnavailable(f"unknown tool {name!r} (allowed: {', '.join(names())})")
+    return Tool._registry[name]()
+
+
+def check_recipe(recipe: Recipe) -> Recipe:
+    """The recipe checked against its distribution and the tools it names; `release` becomes the codename."""
+    recipe = distros.check(recipe)
+    for key in recipe.tools:
+        if key not in Tool._registry:
+            raise RecipeError(recipe.source, f"tools.{key}", f"unknown tool (allowed: {', '.join(names())})")
+    return recipe
+
+
+def load_checked(name_or_path) -> Recipe:
+    """load_recipe plus the checks that need the distribution and tool layers (every command uses this)."""
+    return check_recipe(load_recipe(name_or_path))
+
+
+def new_state(recipe: Recipe, work: Path, log: Path, mirror: Optional[str] = None, **kw) -> BuildState:
+    d, rel = distros.for_recipe(recipe)
+    return BuildState(recipe, d, rel, work, log, d.choose_mirror(mirror), **kw)
+
+
+def support_table(installed: bool = True):
+    """Each tool's answer for each distribution release it could meet (amd64): "yes" or why not."""
+    import pandas as pd
+    rows = []
+    for tname in names():
+        t = get_tool(tname)
+        row: dict[str, Any] = {"tool": tname, "version": t.version(), "produces": t.produces,
+                               "installed": t.unavailable_reason() is None}
+        for dname in distros.names():
+            d = distros.get(dname)
+            for rel in d.releases:
+                why = t.supports(d, rel, "amd64")
+                row[f"{dname} {rel.version}"] = "yes" if why is None else f"no: {why}"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def tool_table():
     """Installed tools and their versions as a pandas DataFrame."""
     import pandas as pd
-    rows = []
-    for name in sorted(TOOLS):
-        t = TOOLS[name]()
-        rows.append({"tool": name, "produces": t.produces, "version": t.version(),
-                     "available": t.unavailable_reason() is None, "description": t.description})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"tool": n, "produces": (t := get_tool(n)).produces, "version": t.version(),
+                          "available": t.unavailable_reason() is None, "description": t.description}
+                         for n in names()])

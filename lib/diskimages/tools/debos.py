@@ -21,10 +21,10 @@ from pathlib import Path
 import yaml
 
 from .. import customize, disk
-from ..distros import get_distro
+from ..disk import DiskInfo
 from ..hostfix import PrivateNamespace
 from ..runner import run
-from . import BuildContext, DiskInfo, Tool, register
+from . import BuildState, DiskTool
 
 IMAGE = "disk.img"
 STAGE_SRC = "diskimages-stage"        # next to the recipe: the staging tree the overlay action copies in
@@ -62,14 +62,12 @@ rm -rf "$ROOTDIR/var/tmp/diskimages-efi"
 """
 
 
-@register
-class Debos(Tool):
+class Debos(DiskTool):
     name = "debos"
     program = "debos"
-    produces = "disk"
     applies_recipe = True
     description = "Collabora's Debian OS builder: a debos YAML recipe that makes the whole bootable disk"
-    distros = ("debian",)
+    package_managers = ("apt",)
     native = {"packages": "apt action", "desktop": "apt action (the desktop's packages)",
               "files": "overlay action", "scripts": "run action (chroot) via customize.sh",
               "kernel_cmdline": "run action: GRUB_CMDLINE_LINUX_DEFAULT", "disk": "image-partition action"}
@@ -77,15 +75,15 @@ class Debos(Tool):
     def version(self):
         return self.package_version("debos")      # debos has no --version
 
-    def recipe_yaml(self, ctx: BuildContext, files_src: str = "files") -> str:
-        r = ctx.recipe
+    def recipe_yaml(self, state: BuildState, files_src: str = "files") -> str:
+        r = state.recipe
         opts = r.tool_options(self.name)
-        pkgs = get_distro(r.distro).packages_for(r) + ["grub-pc"]   # grub-install and update-grub
+        pkgs = state.distro.packages_for(r) + list(state.distro.grub_setup_packages(r.architecture))
         fw = r.disk.firmware
         actions: list[dict] = [
-            {"action": "debootstrap", "suite": r.release, "components": opts.get("components", ["main"]),
+            {"action": "debootstrap", "suite": state.release.codename, "components": opts.get("components", ["main"]),
              "variant": "minbase", "check-gpg": True,
-             **({"mirror": ctx.mirror.uri} if ctx.mirror.uri else {})},
+             **({"mirror": state.mirror.uri} if state.mirror.uri else {})},
             {"action": "apt", "description": "packages of the recipe and its desktop", "recommends": False,
              "packages": pkgs},
         ]
@@ -126,35 +124,34 @@ class Debos(Tool):
                 "# (edit the recipe, not this file)\n")
         return head + yaml.safe_dump(doc, sort_keys=False, width=110)
 
-    def render(self, ctx: BuildContext) -> dict[str, str]:
-        return {"debos.yaml": self.recipe_yaml(ctx),
-                f"{STAGE_SRC}/{customize.STAGE.lstrip('/')}/customize.sh": customize.render_script(ctx.recipe),
+    def render(self, state: BuildState) -> dict[str, str]:
+        return {"debos.yaml": self.recipe_yaml(state),
+                f"{STAGE_SRC}/{customize.STAGE.lstrip('/')}/customize.sh": customize.render_script(state.recipe),
                 "command": "debos --disable-fakemachine --artifactdir OUTPUT debos.yaml   "
                            "# where fakemachine works: drop --disable-fakemachine\n"}
 
-    def build_disk(self, ctx: BuildContext, raw: Path) -> DiskInfo:
-        r = ctx.recipe
-        where = ctx.work / "debos"
+    def build_disk(self, state: BuildState, raw: Path) -> DiskInfo:
+        r = state.recipe
+        where = state.work / "debos"
         where.mkdir(parents=True)
         if r.files_dir:
             shutil.copytree(r.files_dir, where / "files", symlinks=True)
         customize.stage(r, where / STAGE_SRC, files=False, secrets=True)
-        (where / "debos.yaml").write_text(self.recipe_yaml(ctx))
-        out = ctx.work / "debos-out"
+        (where / "debos.yaml").write_text(self.recipe_yaml(state))
+        out = state.work / "debos-out"
         out.mkdir()
         # debos has no package cache option: every build downloads its packages (the record says so)
-        ctx.stats["cache"] = "none (debos has no package cache)"
-        with PrivateNamespace(ctx.work / "hostfix", nspawn=True, udev=True, dev_disk=True) as ns:
-            applied = ["debos --disable-fakemachine: fakemachine needs a KVM or kernel this host does not give",
-                       *ns.applied]
-            ctx.stats["host_workarounds"] = applied
+        state.cache = "none (debos has no package cache)"
+        with PrivateNamespace(state.work / "hostfix", nspawn=True, udev=True, dev_disk=True) as ns:
+            state.workaround("debos --disable-fakemachine: fakemachine needs a KVM or kernel this host does not give",
+                             *ns.applied)
             argv = ["debos", "--disable-fakemachine", f"--artifactdir={out}", "debos.yaml"]
             try:
-                run(ns.argv(argv), cwd=where, log=ctx.log, on_line=ctx.on_line)
+                run(ns.argv(argv), cwd=where, log=state.log, on_line=state.on_line)
             finally:
                 _detach_loops(out / IMAGE)
         os.replace(out / IMAGE, raw)
-        return disk.raw_disk_info(raw)
+        return disk.raw_disk_info(raw, state.distro)
 
 
 def _detach_loops(image: Path) -> None:

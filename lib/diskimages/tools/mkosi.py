@@ -22,24 +22,27 @@ import shutil
 from pathlib import Path
 
 from .. import customize
-from ..distros import get_distro
+from ..distros import Distribution, Release
 from ..hostfix import PrivateNamespace, systemd_is_init
 from ..runner import run
-from . import BuildContext, PackageCache, Tool, register
+from . import BuildState, RootfsTool
 
 ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
 # mkosi bind-mounts its own folder over /var/tmp while scripts run, so the staging folder lives elsewhere
 STAGE = "/opt/diskimages-stage"
 
 
-@register
-class Mkosi(Tool):
+# the distributions mkosi 14 installs, by its own Distribution= names (each release is checked per distribution)
+DISTRIBUTIONS = ("debian", "ubuntu", "fedora", "arch", "opensuse", "centos", "mageia", "openmandriva", "rocky",
+                 "alma", "gentoo")
+
+
+class Mkosi(RootfsTool):
     name = "mkosi"
     program = "mkosi"
     applies_recipe = True
     description = "systemd's image builder: tree by mkosi (mkosi.conf, mkosi.extra, mkosi.postinst), " \
                   "made bootable by diskimages"
-    distros = ("debian",)
     native = {"packages": "Packages=", "desktop": "Packages= (the desktop's packages)", "hostname": "Hostname=",
               "files": "mkosi.extra/ (ExtraTrees)"}
 
@@ -50,16 +53,22 @@ class Mkosi(Tool):
         v = super().version()
         return v.removeprefix("mkosi ") if v else v
 
-    def conf(self, ctx: BuildContext) -> str:
-        r = ctx.recipe
+    def supports(self, distro: Distribution, release: Release, arch: str):
+        why = super().supports(distro, release, arch)
+        if why is None and distro.name not in DISTRIBUTIONS:
+            why = f"mkosi has no Distribution={distro.name}"
+        return why
+
+    def conf(self, state: BuildState) -> str:
+        r = state.recipe
         opts = r.tool_options(self.name)
-        pkgs = get_distro(r.distro).packages_for(r)
+        pkgs = state.distro.packages_for(r)
         lines = [f"# mkosi {self.version() or ''} configuration rendered by diskimages from recipe {r.name}",
                  "# (edit the recipe, not this file)", "",
-                 "[Distribution]", f"Distribution={r.distro}", f"Release={r.release}",
+                 "[Distribution]", f"Distribution={r.distro}", f"Release={state.release.codename}",
                  f"Architecture={ARCHES[r.architecture]}"]
-        if ctx.mirror.uri:
-            lines.append(f"Mirror={ctx.mirror.uri}")
+        if state.mirror.uri:
+            lines.append(f"Mirror={state.mirror.uri}")
         lines += ["", "[Output]", "Format=directory", f"Hostname={r.hostname}", "ManifestFormat=json", "",
                   "[Content]", "Packages=" + ",".join(pkgs),
                   # the same content as the other builders (mkosi drops documentation by default)
@@ -69,8 +78,8 @@ class Mkosi(Tool):
             lines.append("WithNetwork=yes")
         return "\n".join(lines) + "\n"
 
-    def render(self, ctx: BuildContext) -> dict[str, str]:
-        r = ctx.recipe
+    def render(self, state: BuildState) -> dict[str, str]:
+        r = state.recipe
         extra = []
         if r.files_dir:
             extra += [f"{p.relative_to(r.files_dir)}" for p in sorted(r.files_dir.rglob("*")) if not p.is_dir()]
@@ -79,16 +88,16 @@ class Mkosi(Tool):
             extra.append(f"{STAGE.lstrip('/')}/secrets  (passwords from the environment; read and deleted by "
                          "mkosi.postinst, never on a command line)")
         return {
-            "mkosi.conf": self.conf(ctx),
+            "mkosi.conf": self.conf(state),
             "mkosi.postinst": customize.render_script(r, STAGE),
             "mkosi.extra/": "\n".join(extra) + ("\n" if extra else "(empty)\n"),
             "command": "mkosi --force --cache PACKAGE_CACHE --output OUTPUT/image build\n",
         }
 
-    def write_config(self, ctx: BuildContext, where: Path) -> Path:
-        r = ctx.recipe
+    def write_config(self, state: BuildState, where: Path) -> Path:
+        r = state.recipe
         where.mkdir(parents=True)
-        (where / "mkosi.conf").write_text(self.conf(ctx))
+        (where / "mkosi.conf").write_text(self.conf(state))
         post = where / "mkosi.postinst"
         post.write_text(customize.render_script(r, STAGE))
         post.chmod(0o755)
@@ -98,17 +107,16 @@ class Mkosi(Tool):
         customize.stage(r, extra, where=STAGE, files=False, secrets=True)
         return where
 
-    def bootstrap(self, ctx: BuildContext, rootfs: Path) -> None:
-        conf = self.write_config(ctx, ctx.work / "mkosi")
-        out = ctx.work / "mkosi-output"
+    def bootstrap(self, state: BuildState, rootfs: Path) -> None:
+        conf = self.write_config(state, state.work / "mkosi")
+        out = state.work / "mkosi-output"
         out.mkdir()
-        with PackageCache(ctx) as cache, PrivateNamespace(ctx.work / "hostfix", nspawn=True) as ns:
-            argv = ["mkosi", "--force", "--cache", str(cache.path), "--output", str(out / "image")]
-            applied = list(ns.applied)
+        with self.package_cache(state) as cache, PrivateNamespace(state.work / "hostfix", nspawn=True) as ns:
+            argv = ["mkosi", "--force", "--cache", str(cache), "--output", str(out / "image")]
+            state.workaround(*ns.applied)
             if not systemd_is_init():
                 # nspawn would ask systemd (over the system bus) for a scope unit
                 argv.append("--nspawn-keep-unit")
-                applied.append("mkosi --nspawn-keep-unit: systemd is not PID 1 (no system bus)")
-            ctx.stats["host_workarounds"] = applied
-            run(ns.argv([*argv, "build"]), cwd=conf, log=ctx.log, on_line=ctx.on_line)
+                state.workaround("mkosi --nspawn-keep-unit: systemd is not PID 1 (no system bus)")
+            run(ns.argv([*argv, "build"]), cwd=conf, log=state.log, on_line=state.on_line)
         os.rename(out / "image", rootfs)

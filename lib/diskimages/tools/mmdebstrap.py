@@ -6,52 +6,52 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from ..distros import get_distro
+from ..customize import render_script
 from ..runner import run
-from . import BuildContext, PackageCache, Tool, register
+from . import BuildState, RootfsTool
+
+# where apt keeps downloaded packages inside the tree mmdebstrap builds
+ARCHIVES = "/var/cache/apt/archives/"
 
 
-@register
-class Mmdebstrap(Tool):
+class Mmdebstrap(RootfsTool):
     name = "mmdebstrap"
     program = "mmdebstrap"
     description = "Debian's multi-mirror debootstrap: root file system, customised and assembled by diskimages"
-    distros = ("debian",)
+    package_managers = ("apt",)
     native = {"packages": "--include=", "desktop": "--include= (the desktop's packages)"}
 
-    def command(self, ctx: BuildContext, rootfs: Path) -> tuple[list[str], str]:
+    def command(self, state: BuildState, rootfs: Path, cache: Path) -> tuple[list[str], str]:
         """(argv, stdin): the mirror lines go on stdin ('-') so no mirror appears on the command line."""
-        r = ctx.recipe
+        r = state.recipe
         opts = r.tool_options(self.name)
-        pkgs = get_distro(r.distro).packages_for(r)
+        components = opts.get("components", ["main"])
         argv = ["mmdebstrap", "--mode=root", f"--variant={opts.get('variant', 'apt')}",
                 f"--architectures={r.architecture}", "--format=directory",
-                f"--components={','.join(opts.get('components', ['main']))}",
+                f"--components={','.join(components)}",
                 "--aptopt=Acquire::Languages \"none\"",
-                f"--include={','.join(pkgs)}"]
-        cache = PackageCache(ctx).path
-        argv += ["--skip=download/empty", "--skip=essential/unlink",
-                 "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/",
-                 f"--setup-hook=sync-in {cache} /var/cache/apt/archives/",
-                 f"--customize-hook=sync-out /var/cache/apt/archives {cache}"]
+                f"--include={','.join(state.distro.packages_for(r))}",
+                "--skip=download/empty", "--skip=essential/unlink",
+                f"--setup-hook=mkdir -p \"$1\"{ARCHIVES}",
+                f"--setup-hook=sync-in {cache} {ARCHIVES}",
+                f"--customize-hook=sync-out {ARCHIVES.rstrip('/')} {cache}"]
         argv += [str(a) for a in opts.get("extra_args", [])]
-        lines = ctx.mirror.sources_lines(r.release, opts.get("components", ["main"]))
-        argv += [r.release, str(rootfs)]
+        lines = state.distro.sources_lines(state.mirror, state.release, components)
+        argv += [state.release.codename, str(rootfs)]
         if lines:
             argv.append("-")
         return argv, "\n".join(lines) + ("\n" if lines else "")
 
-    def render(self, ctx: BuildContext) -> dict[str, str]:
-        argv, stdin = self.command(ctx, Path("ROOTFS"))
+    def render(self, state: BuildState) -> dict[str, str]:
+        argv, stdin = self.command(state, Path("ROOTFS"), Path("PACKAGE_CACHE"))
         script = " \\\n  ".join(shlex.quote(a) for a in argv)
         if stdin:
             script += " <<'SOURCES'\n" + stdin + "SOURCES"
-        from ..customize import render_script
-        return {"mmdebstrap.sh": script + "\n", "customize.sh": render_script(ctx.recipe)}
+        return {"mmdebstrap.sh": script + "\n", "customize.sh": render_script(state.recipe)}
 
-    def bootstrap(self, ctx: BuildContext, rootfs: Path) -> None:
-        argv, stdin = self.command(ctx, rootfs)
-        with PackageCache(ctx):
+    def bootstrap(self, state: BuildState, rootfs: Path) -> None:
+        with self.package_cache(state) as cache:
+            argv, stdin = self.command(state, rootfs, cache)
             # a private mount namespace: whatever mmdebstrap mounts disappears with it, even if it is killed
             run(["unshare", "--mount", "--propagation", "private", "--fork", "--kill-child", *argv],
-                stdin=stdin or None, log=ctx.log, on_line=ctx.on_line)
+                stdin=stdin or None, log=state.log, on_line=state.on_line)

@@ -15,13 +15,10 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from .. import disk
-from ..distros import get_distro
+from ..disk import DiskInfo
+from ..distros import Distribution, Release
 from ..runner import run
-from . import BuildContext, DiskInfo, Tool, register
-
-RELEASE_NUMBERS = {"buster": "10", "bullseye": "11", "bookworm": "12", "trixie": "13", "stretch": "9",
-                   "jessie": "8", "wheezy": "7", "squeeze": "6", "lenny": "5"}
-OZ_NAMES = {"debian": "Debian", "ubuntu": "Ubuntu", "fedora": "Fedora"}
+from . import BuildState, DiskTool
 
 
 @lru_cache(maxsize=1)
@@ -40,11 +37,9 @@ def supported() -> dict[str, list[str]]:
     return result
 
 
-@register
-class Oz(Tool):
+class Oz(DiskTool):
     name = "oz"
     program = "oz-install"
-    produces = "disk"
     applies_recipe = True
     description = "oz: OS installation from a TDL in a libvirt VM, then customisation over SSH"
     native = {"packages": "<packages>", "desktop": "<packages> (the desktop's packages)", "files": "<files>",
@@ -53,23 +48,24 @@ class Oz(Tool):
     def version(self):
         return self.package_version("oz")         # oz-install has no --version
 
-    def unavailable_reason(self, recipe=None):
-        reason = super().unavailable_reason(recipe)
-        if reason or recipe is None:
-            return reason
-        os_name = OZ_NAMES.get(recipe.distro)
-        version = RELEASE_NUMBERS.get(recipe.release, recipe.release)
-        known = supported().get(os_name or "", [])
-        if version not in known:
-            return (f"oz {self.version()} does not support {os_name or recipe.distro} {version} "
-                    f"(it knows {os_name} {', '.join(known) or 'none'}; oz-install says "
-                    f"'Unsupported {os_name} update {version}')")
+    def supports(self, distro: Distribution, release: Release, arch: str):
+        why = super().supports(distro, release, arch)
+        if why:
+            return why
+        table = supported()
+        if not table:
+            return "oz-install is not installed here, so the releases it supports are unknown"
+        known = table.get(distro.pretty_name, [])
+        if release.version not in known:
+            return (f"oz {self.version()} does not support {distro.pretty_name} {release.version} "
+                    f"(it knows {distro.pretty_name} {', '.join(known) or 'none'}; oz-install says "
+                    f"'Unsupported {distro.pretty_name} update {release.version}')")
         return None
 
-    def tdl(self, ctx: BuildContext) -> str:
-        r = ctx.recipe
-        pkgs = get_distro(r.distro).packages_for(r)
-        mirror = ctx.mirror.uri or "http://DEBIAN_MIRROR/debian"
+    def tdl(self, state: BuildState) -> str:
+        r = state.recipe
+        pkgs = state.distro.packages_for(r)
+        mirror = state.mirror.uri or "http://MIRROR/"
         files = []
         if r.files_dir and r.files_dir.is_dir():
             for p in sorted(r.files_dir.rglob("*")):
@@ -85,8 +81,8 @@ class Oz(Tool):
   <name>{r.name}</name>
   <description>{escape(r.description)}</description>
   <os>
-    <name>{OZ_NAMES.get(r.distro, r.distro)}</name>
-    <version>{RELEASE_NUMBERS.get(r.release, r.release)}</version>
+    <name>{state.distro.pretty_name}</name>
+    <version>{state.release.version}</version>
     <arch>{'x86_64' if r.architecture == 'amd64' else 'aarch64'}</arch>
     <install type='url'>
       <url>{escape(mirror)}</url>
@@ -108,15 +104,15 @@ class Oz(Tool):
 </template>
 """
 
-    def render(self, ctx: BuildContext) -> dict[str, str]:
-        return {"oz.tdl": self.tdl(ctx),
+    def render(self, state: BuildState) -> dict[str, str]:
+        return {"oz.tdl": self.tdl(state),
                 "command": "oz-install -u -d 3 -s WORK/disk.qcow2 -x WORK/libvirt.xml oz.tdl\n"}
 
-    def build_disk(self, ctx: BuildContext, raw: Path) -> DiskInfo:
-        tdl = ctx.work / "oz.tdl"
-        tdl.write_text(self.tdl(ctx))
-        out = ctx.work / "disk.qcow2"
-        run(["oz-install", "-u", "-d", "3", "-s", out, "-x", ctx.work / "libvirt.xml", tdl], log=ctx.log,
-            on_line=ctx.on_line)
-        run(["qemu-img", "convert", "-O", "raw", out, raw], log=ctx.log)
-        return disk.raw_disk_info(raw)
+    def build_disk(self, state: BuildState, raw: Path) -> DiskInfo:
+        tdl = state.work / "oz.tdl"
+        tdl.write_text(self.tdl(state))
+        out = state.work / "disk.qcow2"
+        run(["oz-install", "-u", "-d", "3", "-s", out, "-x", state.work / "libvirt.xml", tdl], log=state.log,
+            on_line=state.on_line)
+        run(["qemu-img", "convert", "-O", "raw", out, raw], log=state.log)
+        return disk.raw_disk_info(raw, state.distro)

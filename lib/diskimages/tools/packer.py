@@ -19,9 +19,9 @@ import tempfile
 from pathlib import Path
 
 from .. import disk, measure, vmbuild
-from ..qemu import choose_accel
+from ..disk import DiskInfo
 from ..runner import run
-from . import BuildContext, DiskInfo, Tool, register
+from . import BuildState, DiskTool
 from .virt_install import preseed
 
 BUILD_USER = "diskimages-build"
@@ -41,15 +41,13 @@ def hcl(value) -> str:
     return json.dumps(value)
 
 
-@register
-class Packer(Tool):
+class Packer(DiskTool):
     name = "packer"
     program = "packer"
-    produces = "disk"
     applies_recipe = True
-    prepare_phase = "base"
+    needs = frozenset({"base", "accel"})
     description = "HashiCorp Packer: qemu builder from the cloud base image, shell provisioner applies the recipe"
-    distros = ("debian",)
+    package_managers = ("apt",)     # the cloud base is made by mmdebstrap
     native = {"packages": "shell provisioner (apt-get install --no-install-recommends)",
               "desktop": "shell provisioner (the desktop's packages)",
               "files": "file provisioner (staged tarball)", "scripts": "shell provisioner via customize.sh",
@@ -59,8 +57,8 @@ class Packer(Tool):
         v = super().version()
         return v.lstrip("v") if v else v
 
-    def template(self, ctx: BuildContext, work: Path, base: Path, base_sum: str, accel: str) -> str:
-        r = ctx.recipe
+    def template(self, state: BuildState, work: Path, base: Path, base_sum: str, accel: str) -> str:
+        r = state.recipe
         size_mb = r.disk.size_bytes >> 20
         src = {
             "disk_image": True, "iso_url": str(base), "iso_checksum": base_sum, "format": "raw",
@@ -99,14 +97,14 @@ build {{
 }}
 """
 
-    def installer_template(self, ctx: BuildContext) -> str:
+    def installer_template(self, state: BuildState) -> str:
         """The ISO + preseed variant: rendered and validated, needs the installer ISO to run."""
-        r = ctx.recipe
+        r = state.recipe
         return f"""# Packer installer variant rendered by diskimages from recipe {r.name}: debian-installer with a preseed
 # served by Packer's HTTP server (needs the Debian netinst ISO and an installer-capable mirror)
 variable "iso_url" {{
   type    = string
-  default = "debian-12-amd64-netinst.iso"
+  default = "{r.distro}-{state.release.version}-{r.architecture}-netinst.iso"
 }}
 variable "iso_checksum" {{
   type    = string
@@ -132,19 +130,16 @@ build {{
 }}
 """
 
-    def prepare(self, ctx: BuildContext) -> None:
-        vmbuild.prepare_base(ctx, self.name)
-
-    def render(self, ctx: BuildContext) -> dict[str, str]:
+    def render(self, state: BuildState) -> dict[str, str]:
         work = Path("WORK")
-        files = {"diskimages.pkr.hcl": self.template(ctx, work, Path("BASE/debian-12-cloud-base.qcow2"),
+        files = {"diskimages.pkr.hcl": self.template(state, work, Path("BASE/cloud-base.qcow2"),
                                                      "sha256:BASE_SHA256", "tcg"),
-                 "cidata/user-data": vmbuild.cloud_config(ctx.recipe, None, ssh_user=BUILD_USER,
+                 "cidata/user-data": vmbuild.cloud_config(state.recipe, None, ssh_user=BUILD_USER,
                                                           ssh_pubkey="ssh-ed25519 AAAA... (made per build)",
                                                           apply=False, poweroff=False),
-                 "vm-build.sh": vmbuild.vm_script(ctx.recipe),
-                 "installer/diskimages-installer.pkr.hcl": self.installer_template(ctx),
-                 "installer/http/preseed.cfg": preseed(ctx.recipe, ctx.mirror.uri),
+                 "vm-build.sh": vmbuild.vm_script(state.recipe),
+                 "installer/diskimages-installer.pkr.hcl": self.installer_template(state),
+                 "installer/http/preseed.cfg": preseed(state),
                  "command": "packer build -color=false WORK   # WORK holds diskimages.pkr.hcl\n"}
         if self._plugins_block():
             files["plugins.pkr.hcl"] = PLUGINS
@@ -158,45 +153,45 @@ build {{
             return False
         return (major, minor) >= (1, 7)
 
-    def write_config(self, ctx: BuildContext, work: Path, base: Path, accel: str) -> Path:
+    def write_config(self, state: BuildState, work: Path, base: Path, accel: str) -> Path:
         (work / "cidata").mkdir(parents=True)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "diskimages-packer-build",
                         "-f", str(work / "id_ed25519")], check=True)
         pub = (work / "id_ed25519.pub").read_text().strip()
-        (work / "cidata/user-data").write_text(vmbuild.cloud_config(ctx.recipe, None, ssh_user=BUILD_USER,
+        (work / "cidata/user-data").write_text(vmbuild.cloud_config(state.recipe, None, ssh_user=BUILD_USER,
                                                                     ssh_pubkey=pub, apply=False, poweroff=False))
         (work / "cidata/meta-data").write_text(f"instance-id: diskimages-{os.getpid()}\n"
-                                               f"local-hostname: {ctx.recipe.hostname}\n")
+                                               f"local-hostname: {state.recipe.hostname}\n")
         fd = os.open(work / "stage.tar.gz", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(vmbuild.stage_tarball(ctx.recipe))
+            f.write(vmbuild.stage_tarball(state.recipe))
         tpl = work / "template"
         tpl.mkdir()
-        (tpl / "diskimages.pkr.hcl").write_text(self.template(ctx, work, base, measure.sha256_file(base), accel))
+        (tpl / "diskimages.pkr.hcl").write_text(self.template(state, work, base, measure.sha256_file(base), accel))
         if self._plugins_block():
             (tpl / "plugins.pkr.hcl").write_text(PLUGINS)
         return tpl
 
-    def build_disk(self, ctx: BuildContext, raw: Path) -> DiskInfo:
-        base = ctx.stats["base_path"]
-        work = ctx.work / "packer"
-        accel, why = choose_accel(base)
-        ctx.stats["host_workarounds"] = [f"accelerator = {accel}: {why}"]
-        tpl = self.write_config(ctx, work, base, "kvm" if accel == "kvm" else "tcg")
+    def build_disk(self, state: BuildState, raw: Path) -> DiskInfo:
+        base = state.base.path
+        work = state.work / "packer"
+        kvm = state.accel.kind == "kvm"
+        state.workaround(f"accelerator = {'kvm' if kvm else 'tcg'}: {state.accel.reason}")
+        tpl = self.write_config(state, work, base, "kvm" if kvm else "tcg")
         # Packer's plugin sockets live in TMPDIR: a short one (a unix socket path has at most 107 bytes)
         tmp = Path(tempfile.mkdtemp(prefix="diskimages-packer-"))
         env = {"PACKER_CACHE_DIR": str(work / "cache"), "CHECKPOINT_DISABLE": "1", "PACKER_NO_COLOR": "1",
                "TMPDIR": str(tmp)}
-        with vmbuild.SerialWatch(work / "serial.log", ctx.on_line):
+        with vmbuild.SerialWatch(work / "serial.log", state.on_line):
             try:
                 run(["packer", "build", "-color=false", "-on-error=cleanup", str(tpl)], cwd=work, env=env,
-                    log=ctx.log, on_line=ctx.on_line)
+                    log=state.log, on_line=state.on_line)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
                 serial = work / "serial.log"
                 if serial.exists():
-                    with open(ctx.log, "ab") as f:
+                    with open(state.log, "ab") as f:
                         f.write(b"--- build VM serial console ---\n" + serial.read_bytes())
         os.replace(work / "packer-output" / "disk.raw", raw)
-        vmbuild.sparsify(ctx, raw, base)
-        return disk.raw_disk_info(raw)
+        vmbuild.sparsify(state, raw)
+        return disk.raw_disk_info(raw, state.distro)

@@ -1,5 +1,6 @@
-"""virt-builder (libguestfs): the project's cloud base image is published as a virt-builder template repository
-(index in virt-builder's format, checked by virt-index-validate; `vbrepo`), and the recipe becomes a
+"""virt-builder (libguestfs): the cloud base image of the recipe's release is published as a virt-builder template
+repository (index in virt-builder's format, checked by virt-index-validate; `write_repo`, which also publishes
+any built image: `python -m diskimages virt-builder-repo`), and the recipe becomes a
 virt-builder command line: `--source file://REPO/index`, `--size`, `--upload` of the staging tarball and
 `--run-command` of vm-build.sh (packages, kernel command line, the shared customisation), run inside the
 libguestfs appliance (not a booted system, so no cloud-init is involved).
@@ -9,69 +10,137 @@ record).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import subprocess
 from pathlib import Path
+from typing import Iterable, Optional
 
-from .. import disk, vbrepo, vmbuild
+from .. import disk, distros, measure, vmbuild
+from ..disk import DiskInfo
 from ..paths import cache_dir
-from . import BuildContext, DiskInfo, Tool, register, shell_command
+from . import BuildState, DiskTool, shell_command
 
 
 REPOS_D = "/etc/virt-builder/repos.d"
 
 
-@register
-class VirtBuilder(Tool):
+class VirtBuilder(DiskTool):
     name = "virt-builder"
     program = "virt-builder"
-    produces = "disk"
     applies_recipe = True
-    prepare_phase = "base"
+    needs = frozenset({"base", "accel"})
     description = "libguestfs' virt-builder from a template repository of the cloud base made by diskimages"
-    distros = ("debian",)
+    package_managers = ("apt",)     # the cloud base is made by mmdebstrap
     native = {"packages": "--run-command vm-build.sh (apt-get install --no-install-recommends)",
               "desktop": "--run-command vm-build.sh (the desktop's packages)",
               "files": "--upload (staged tarball)", "disk": "--size (virt-resize expands the root)"}
 
-    def argv(self, ctx: BuildContext, index: Path, template: str, raw: Path, stage: Path) -> list[str]:
+    def argv(self, state: BuildState, index: Path, template: str, raw: Path, stage: Path) -> list[str]:
         st = vmbuild.customize.STAGE
         return ["virt-builder", template, "--source", index.as_uri(), "--no-check-signature", "--no-cache",
-                "--arch", "x86_64", "--format", "raw", "--size", f"{ctx.recipe.disk.size_bytes >> 20}M",
-                "-o", str(raw),
+                "--arch", ARCHES[state.recipe.architecture], "--format", "raw",
+                "--size", f"{state.recipe.disk.size_bytes >> 20}M", "-o", str(raw),
                 # the root account stays locked, as the recipe's customisation left it (the default is random)
                 "--root-password", "locked:disabled", "--upload", f"{stage}:/var/tmp/diskimages-stage.tar.gz",
                 "--run-command", "tar -xzf /var/tmp/diskimages-stage.tar.gz -C / && "
                                  "rm -f /var/tmp/diskimages-stage.tar.gz",
                 "--run-command", f"sh {st}/{vmbuild.VM_SCRIPT}"]
 
-    def prepare(self, ctx: BuildContext) -> None:
-        vmbuild.prepare_base(ctx, self.name)
-
-    def render(self, ctx: BuildContext) -> dict[str, str]:
-        argv = self.argv(ctx, Path("/REPO/index"), vmbuild.BASE_RECIPE, Path("WORK/disk.raw"),
-                         Path("WORK/stage.tar.gz"))
-        return {"command": shell_command(argv), "vm-build.sh": vmbuild.vm_script(ctx.recipe),
-                "index (template repository)": f"[{vmbuild.BASE_RECIPE}]\nname=... (written by "
+    def render(self, state: BuildState) -> dict[str, str]:
+        template = state.distro.cloud_base_recipe.format(version=state.release.version)
+        argv = self.argv(state, Path("/REPO/index"), template, Path("WORK/disk.raw"), Path("WORK/stage.tar.gz"))
+        return {"command": shell_command(argv), "vm-build.sh": vmbuild.vm_script(state.recipe),
+                "index (template repository)": f"[{template}]\nname=... (written by "
                                                "python -m diskimages virt-builder-repo, checked by "
                                                "virt-index-validate)\n"}
 
-    def repo(self, ctx: BuildContext) -> tuple[Path, str, Path]:
-        base = ctx.stats["base_path"]
+    def repo(self, state: BuildState) -> tuple[Path, str]:
+        base = state.base.path
         d = cache_dir("virt-builder", base.stem)
         index = d / "index"
         if not index.is_file():
-            vbrepo.write_repo(d, [base])
-        return index, ctx.stats["base"]["base_recipe"], base
+            write_repo(d, [base])
+        return index, state.base.recipe
 
-    def build_disk(self, ctx: BuildContext, raw: Path) -> DiskInfo:
-        index, template, base = self.repo(ctx)
-        stage = ctx.work / "stage.tar.gz"
+    def build_disk(self, state: BuildState, raw: Path) -> DiskInfo:
+        index, template = self.repo(state)
+        stage = state.work / "stage.tar.gz"
         fd = os.open(stage, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(vmbuild.stage_tarball(ctx.recipe))
+            f.write(vmbuild.stage_tarball(state.recipe))
         # --source adds to the repositories in /etc/virt-builder/repos.d (which it fetches first, failing when
         # they are unreachable): the build sees only the project's repository
-        ctx.stats["host_workarounds"] = vmbuild.run_guestfs(ctx, self.argv(ctx, index, template, raw, stage), base,
-                                                            hide=[REPOS_D])
-        vmbuild.sparsify(ctx, raw, base)
-        return disk.raw_disk_info(raw)
+        vmbuild.run_guestfs(state, self.argv(state, index, template, raw, stage), hide=[REPOS_D])
+        vmbuild.sparsify(state, raw)
+        return disk.raw_disk_info(raw, state.distro)
+
+
+# -- virt-builder template repositories made from built images: a second way to share them.
+# `write_repo(dir, images)` writes each image as an xz-compressed template plus the `index` file in
+# virt-builder's format (checked with `virt-index-validate`); `virt-builder --source file://DIR/index` (or an
+# HTTP URL to it) then lists and builds from them. The templates keep their build records' facts in the notes.
+
+ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+def _sha512(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha512").hexdigest()
+
+
+def _osinfo(rec: dict) -> str:
+    try:
+        d = distros.get(rec.get("distro", ""))
+        return d.osinfo_ids(d.release(str(rec.get("release_version") or rec.get("release"))))[0]
+    except KeyError:
+        return "linux2022"
+
+
+def template_entry(name: str, image: Path, xz: Path, record: Optional[dict], expand: Optional[str]) -> str:
+    info = measure.qemu_img_info(image)
+    rec = record or {}
+    lines = [f"[{name}]", f"name={rec.get('recipe', name)} (diskimages, {rec.get('tool_label', 'built')})",
+             f"osinfo={_osinfo(rec)}",
+             f"arch={ARCHES.get(rec.get('architecture', 'amd64'), 'x86_64')}",
+             f"file={xz.name}", f"checksum[sha512]={_sha512(xz)}", f"format={info['format']}",
+             f"size={info['virtual-size']}", f"compressed_size={xz.stat().st_size}"]
+    if expand:
+        lines.append(f"expand={expand}")
+    notes = [f"built by {rec.get('tool_label', '?')} {rec.get('tool_version', '')}".rstrip(),
+             f"recipe digest {rec.get('recipe_digest', '?')}", f"image sha256 {rec.get('sha256', '?')}"]
+    lines.append("notes=" + "\n ".join(notes))
+    return "\n".join(lines) + "\n"
+
+
+def write_repo(directory: Path | str, images: Iterable[Path | str], *, expand: Optional[str] = "/dev/sda3") -> Path:
+    """Write templates + index into `directory`; returns the index path (validated). `expand`: the partition
+    virt-resize grows to a requested --size (the root: the 3rd partition of diskimages' BIOS+ESP+root layout)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for image in map(Path, images):
+        rec_path = image.with_suffix(".json")
+        rec = json.loads(rec_path.read_text()) if rec_path.is_file() else None
+        name = (rec or {}).get("recipe") or image.name.split(".")[0]
+        xz = d / f"{image.name}.xz"
+        if not xz.is_file():
+            tmp = xz.with_name(xz.name + ".partial")
+            try:
+                with open(tmp, "wb") as out:
+                    subprocess.run(["xz", "-0", "-T0", "-c", str(image)], stdout=out, check=True)
+                tmp.rename(xz)
+            finally:
+                tmp.unlink(missing_ok=True)
+        entries.append(template_entry(name, image, xz, rec, expand))
+    index = d / "index"
+    index.write_text("\n".join(entries))
+    validate(index)
+    return index
+
+
+def validate(index: Path) -> None:
+    r = subprocess.run(["virt-index-validate", str(index)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"virt-index-validate refused {index}: {(r.stderr or r.stdout).strip()}")

@@ -16,103 +16,91 @@ import uuid
 from pathlib import Path
 
 from .. import disk, vmbuild
-from ..qemu import choose_accel
+from ..disk import DiskInfo
 from ..runner import run
-from . import BuildContext, DiskInfo, Tool, register, shell_command
+from . import BuildState, DiskTool, shell_command
 
 MEMORY_MB = 2048
 CPUS = 2
 
 
-@register
-class VirtInstall(Tool):
+class VirtInstall(DiskTool):
     name = "virt-install"
     program = "virt-install"
-    produces = "disk"
     applies_recipe = True
-    prepare_phase = "base"
+    needs = frozenset({"base", "accel", "libvirt"})
     description = "virt-manager's installer: imports the cloud base image with cloud-init user-data from the recipe"
-    distros = ("debian",)
+    package_managers = ("apt",)     # the cloud base is made by mmdebstrap
     native = {"packages": "user-data (runcmd: apt-get install --no-install-recommends)",
               "desktop": "user-data (the desktop's packages)", "files": "user-data write_files (staged tarball)",
               "disk": "--disk size (the base grown by cloud-init growpart)"}
 
-    def unavailable_reason(self, recipe=None):
-        reason = super().unavailable_reason(recipe)
+    def unavailable_reason(self):
+        reason = super().unavailable_reason()
         if reason:
             return reason
         if not shutil.which("libvirtd") and not os.path.exists("/usr/sbin/libvirtd"):
             return "libvirtd is not installed (Debian package libvirt-daemon-system)"
         return None
 
-    def argv(self, ctx: BuildContext, name: str, raw: Path, user_data: Path, serial: Path, virt_type: str,
+    def argv(self, state: BuildState, name: str, raw: Path, user_data: Path, serial: Path, virt_type: str,
              osinfo: str, network: str = "default") -> list[str]:
         return ["virt-install", "--name", name, "--transient", "--import",
                 "--memory", str(MEMORY_MB), "--vcpus", str(CPUS), "--virt-type", virt_type,
                 "--osinfo", osinfo, "--disk", f"path={raw},format=raw,bus=virtio",
                 "--network", f"network={network},model=virtio", "--graphics", "none",
                 "--serial", f"file,path={serial}", "--cloud-init", f"user-data={user_data}",
-                "--noautoconsole", "--wait", str(ctx.recipe.tool_options(self.name).get("wait_minutes", 90))]
+                "--noautoconsole", "--wait", str(state.recipe.tool_options(self.name).get("wait_minutes", 90))]
 
-    def prepare(self, ctx: BuildContext) -> None:
-        vmbuild.prepare_base(ctx, self.name)
-
-    def render(self, ctx: BuildContext) -> dict[str, str]:
-        r = ctx.recipe
+    def render(self, state: BuildState) -> dict[str, str]:
+        r = state.recipe
         user_data = vmbuild.cloud_config(r, b"<tar.gz of customize.sh, files, scripts, vm-build.sh>")
-        argv = self.argv(ctx, f"diskimages-build-{r.name}", Path("WORK/disk.raw"), Path("WORK/user-data"),
-                         Path("WORK/serial.log"), "kvm|qemu", "debian11")
+        argv = self.argv(state, f"diskimages-build-{r.name}", Path("WORK/disk.raw"), Path("WORK/user-data"),
+                         Path("WORK/serial.log"), "kvm|qemu", state.distro.osinfo_ids(state.release)[0])
         return {
             "user-data": user_data,
             "vm-build.sh": vmbuild.vm_script(r),
             "command": shell_command(argv),
-            "preseed.cfg": preseed(r, ctx.mirror.uri),
-            "virt-install-installer.sh": shell_command(installer_argv(r, ctx.mirror.uri or "DEBIAN_MIRROR")),
+            "preseed.cfg": preseed(state),
+            "virt-install-installer.sh": shell_command(installer_argv(state)),
         }
 
-    def build_disk(self, ctx: BuildContext, raw: Path) -> DiskInfo:
-        from .. import libvirt_host
-        from ..vm import destroy, list_vms
-        base = ctx.stats["base_path"]
-        vmbuild.prepare_disk(base, raw, ctx.recipe.disk.size_bytes, log=ctx.log)
-        user_data = ctx.work / "user-data"
+    def build_disk(self, state: BuildState, raw: Path) -> DiskInfo:
+        base = state.base.path
+        vmbuild.prepare_disk(base, raw, state.recipe.disk.size_bytes, log=state.log)
+        user_data = state.work / "user-data"
         fd = os.open(user_data, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # it holds the staged secrets
         with os.fdopen(fd, "w") as f:
-            f.write(vmbuild.cloud_config(ctx.recipe, vmbuild.stage_tarball(ctx.recipe)))
-        serial = ctx.work / "serial.log"
+            f.write(vmbuild.cloud_config(state.recipe, vmbuild.stage_tarball(state.recipe)))
+        serial = state.work / "serial.log"
         name = f"diskimages-build-{uuid.uuid4().hex[:8]}"
-        accel, why = choose_accel(base)
-        virt_type = "kvm" if accel == "kvm" else "qemu"
-        ctx.stats["host_workarounds"] = [f"--virt-type {virt_type}: {why}"]
-        conn, how = libvirt_host.connect()
-        started = how.startswith("started")
+        virt_type = "kvm" if state.accel.kind == "kvm" else "qemu"
+        state.workaround(f"--virt-type {virt_type}: {state.accel.reason}")
         try:
-            network, _ = libvirt_host.ensure_network(conn)
-            with vmbuild.SerialWatch(serial, ctx.on_line) as watch:
-                run(self.argv(ctx, name, raw, user_data, serial, virt_type, vmbuild.osinfo_name(), network),
-                    log=ctx.log, on_line=ctx.on_line)
+            with vmbuild.SerialWatch(serial, state.on_line) as watch:
+                run(self.argv(state, name, raw, user_data, serial, virt_type,
+                              vmbuild.osinfo_name(state.distro, state.release), state.libvirt.network),
+                    log=state.log, on_line=state.on_line)
         finally:
-            destroy(name, conn=conn)
+            state.libvirt.destroy(name)
             if serial.exists():
-                with open(ctx.log, "ab") as f:
+                with open(state.log, "ab") as f:
                     f.write(b"--- build VM serial console ---\n" + serial.read_bytes())
-            if started and not list_vms():
-                libvirt_host.stop_started(conn)
         if not watch.ok:
             raise RuntimeError(f"the build inside the VM failed (exit status {watch.failed or 'unknown'}; "
                                f"it did not report success):\n{watch.tail()}")
-        vmbuild.sparsify(ctx, raw, base)
-        return disk.raw_disk_info(raw)
+        vmbuild.sparsify(state, raw)
+        return disk.raw_disk_info(raw, state.distro)
 
 
-def preseed(recipe, mirror=None) -> str:
+def preseed(state: BuildState) -> str:
     """A debian-installer preseed for the installer path (rendered, not run here: no installer tree).
     The staging tarball is injected into the installer's initrd next to it; late_command runs the same
     vm-build.sh in the installed system."""
     from urllib.parse import urlparse
-    u = urlparse(mirror or "http://MIRROR_HOST/debian")
-    from ..distros import get_distro
-    pkgs = " ".join(get_distro(recipe.distro).packages_for(recipe))
+    recipe = state.recipe
+    u = urlparse(state.mirror.uri or "http://MIRROR_HOST/debian")
+    pkgs = " ".join(state.distro.packages_for(recipe))
     users = recipe.users
     first = users[0] if users else None
     lines = [f"# debian-installer preseed rendered by diskimages from recipe {recipe.name}",
@@ -142,10 +130,11 @@ def preseed(recipe, mirror=None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def installer_argv(recipe, mirror: str) -> list[str]:
+def installer_argv(state: BuildState) -> list[str]:
+    recipe, mirror = state.recipe, state.mirror.uri or "DEBIAN_MIRROR"
     return ["virt-install", "--name", f"diskimages-install-{recipe.name}", "--memory", str(MEMORY_MB),
-            "--vcpus", str(CPUS), "--virt-type", "qemu", "--osinfo", "debian11",
+            "--vcpus", str(CPUS), "--virt-type", "qemu", "--osinfo", state.distro.osinfo_ids(state.release)[0],
             "--disk", f"size={recipe.disk.size_bytes >> 30},format=qcow2",
-            "--location", f"{mirror}/dists/{recipe.release}/main/installer-amd64/",
+            "--location", f"{mirror}/dists/{state.release.codename}/main/installer-{recipe.architecture}/",
             "--initrd-inject", "preseed.cfg", "--initrd-inject", "diskimages-stage.tar.gz", "--extra-args", "auto=true priority=critical console=ttyS0",
             "--graphics", "none", "--noautoconsole", "--wait", "-1"]
