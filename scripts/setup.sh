@@ -1,7 +1,9 @@
 #!/bin/sh
 # Set up a fresh Debian 12 (or Ubuntu) machine for the disk-images cookbook:
 # the system tools from the distribution (apt-get) and the Python packages in .venv (from pyproject.toml).
-# Usage: scripts/setup.sh            (idempotent; safe to run again)
+# Usage: scripts/setup.sh                (idempotent; safe to run again)
+#        scripts/setup.sh --python-only  (only what the Python package needs: CI jobs that build nothing)
+# Debian 12 and Debian 13 hosts are both supported (package names are looked up, not assumed).
 set -eu
 cd "$(dirname "$0")/.."
 SUDO=""
@@ -18,6 +20,11 @@ PACKAGES="mmdebstrap debian-archive-keyring qemu-system-x86 qemu-utils ovmf
 TOOL_PACKAGES="mkosi debootstrap systemd-container debos parted
   virtinst packer guestfs-tools xorriso oz
   chromium"
+if [ "${1:-}" = "--python-only" ]; then
+  # libvirt-python has no wheel on PyPI: it compiles against libvirt-dev
+  PACKAGES="python3 python3-venv python3-dev gcc pkg-config libvirt-dev"
+  TOOL_PACKAGES=""
+fi
 
 installed() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q '^install ok installed'; }
 missing=""

@@ -16,7 +16,7 @@ from diskimages.recipe import RecipeError
 
 @pytest.fixture
 def ex(tmp_path):
-    return Explorer("debian-12-xfce", "mmdebstrap", tmp_path)
+    return Explorer("debian-13-xfce", "mmdebstrap", tmp_path)
 
 
 def test_starts_valid_with_the_recipe_fields(ex):
@@ -60,12 +60,15 @@ def test_build_request_is_assembled_from_the_widgets(ex, tmp_path):
     assert [u.name for u in r.users] == ["user", "guest"]
     assert r.users[0].password_hash.startswith("$6$") and r.users[1].password_hash is None   # kept / new
     assert r.disk.size == "4G" and r.output.compression == "zlib"
-    assert r.name == "debian-12-xfce" and r.files == "files/debian-desktop"   # the rest comes from the recipe
+    assert r.name == "debian-13-xfce" and r.files == "files/debian-desktop"   # the rest comes from the recipe
 
 
 def test_switching_recipe_reloads_the_fields(ex):
     ex.recipe_w.value = "debian-12-minimal"
     assert ex.desktop_w.value == "none" and ex.size_w.value == "2G" and ex.autologin_w.value == ""
+    # only the tools that build the recipe's release are offered (oz refuses Debian 12 and 13)
+    assert "mmdebstrap" in ex.tool_w.options and "oz" not in ex.tool_w.options
+    assert ex.tool_w.value == "mmdebstrap"
 
 
 def test_progress_events_update_bar_and_log(ex):

@@ -80,9 +80,7 @@ def gitlab_pipeline(recipes=None, tools=None) -> str:
         "stage": "compare", "image": "debian:bookworm", "when": "always",
         "needs": [{"job": n, "artifacts": True} for n in names],
         "script": [
-            "apt-get update -q && apt-get install -y -q --no-install-recommends python3 python3-venv",
-            "python3 -m venv .venv && .venv/bin/pip install -q -e .",
-            ".venv/bin/python -m ipykernel install --sys-prefix --name python3",
+            "./scripts/setup.sh --python-only",
             ".venv/bin/papermill notebooks/compare.ipynb build/compare.ipynb -p output_dir build "
             "-p build_missing False",
             ".venv/bin/jupyter nbconvert --to html build/compare.ipynb",

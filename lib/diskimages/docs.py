@@ -90,7 +90,8 @@ def build_site(out: Path | str, results: Path | str, *, build_recipe: Optional[s
 
 
 def _landing(status: dict) -> str:
-    from .recipe import list_recipe_names, load_recipe
+    from . import load_recipe
+    from .recipe import list_recipe_names
     from .tools import tool_table
     items = "".join(f"<li><a href='{n}.html'>{t}</a> — {html.escape(d)} <small>({html.escape(status.get(n, ''))})"
                     f"</small></li>" for n, t, d in PAGES)
@@ -109,7 +110,7 @@ registries, from which anyone can pull them or get a plain download URL.</p>
 <h2>The notebooks</h2><ul id="pages">{items}</ul>
 <h2>Recipes</h2><ul>{recipes}</ul>
 <h2>Build tools</h2>{tools}
-<p>Run a notebook yourself: <code>papermill notebooks/build.ipynb out.ipynb -p recipe debian-12-xfce
+<p>Run a notebook yourself: <code>papermill notebooks/build.ipynb out.ipynb -p recipe debian-13-xfce
 -p tool mmdebstrap</code>, or open it in JupyterLab.</p>
 </body></html>
 """

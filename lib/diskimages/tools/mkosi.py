@@ -28,6 +28,7 @@ from ..runner import run
 from . import BuildState, RootfsTool
 
 ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
+CONFIG_FOR = 14         # the mkosi major version whose configuration format is written here
 # mkosi bind-mounts its own folder over /var/tmp while scripts run, so the staging folder lives elsewhere
 STAGE = "/opt/diskimages-stage"
 
@@ -52,6 +53,14 @@ class Mkosi(RootfsTool):
     def version(self):
         v = super().version()
         return v.removeprefix("mkosi ") if v else v
+
+    def unavailable_reason(self):
+        why = super().unavailable_reason()
+        if why is None and self.version().split(".")[0] != str(CONFIG_FOR):
+            why = (f"mkosi {self.version()} is installed; the configuration diskimages writes is mkosi "
+                   f"{CONFIG_FOR}'s (Debian 12's), whose sections, options and command line later mkosi "
+                   "versions changed")
+        return why
 
     def supports(self, distro: Distribution, release: Release, arch: str):
         why = super().supports(distro, release, arch)

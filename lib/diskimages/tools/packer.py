@@ -48,7 +48,7 @@ class Packer(DiskTool):
     needs = frozenset({"base", "accel"})
     description = "HashiCorp Packer: qemu builder from the cloud base image, shell provisioner applies the recipe"
     package_managers = ("apt",)     # the cloud base is made by mmdebstrap
-    native = {"packages": "shell provisioner (apt-get install --no-install-recommends)",
+    native = {"packages": "shell provisioner (the distribution's package install, without Recommends)",
               "desktop": "shell provisioner (the desktop's packages)",
               "files": "file provisioner (staged tarball)", "scripts": "shell provisioner via customize.sh",
               "disk": "disk_size (grown by cloud-init growpart)"}

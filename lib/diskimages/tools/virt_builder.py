@@ -33,7 +33,7 @@ class VirtBuilder(DiskTool):
     needs = frozenset({"base", "accel"})
     description = "libguestfs' virt-builder from a template repository of the cloud base made by diskimages"
     package_managers = ("apt",)     # the cloud base is made by mmdebstrap
-    native = {"packages": "--run-command vm-build.sh (apt-get install --no-install-recommends)",
+    native = {"packages": "--run-command vm-build.sh (the distribution's package install, without Recommends)",
               "desktop": "--run-command vm-build.sh (the desktop's packages)",
               "files": "--upload (staged tarball)", "disk": "--size (virt-resize expands the root)"}
 

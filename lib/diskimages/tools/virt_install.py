@@ -31,7 +31,7 @@ class VirtInstall(DiskTool):
     needs = frozenset({"base", "accel", "libvirt"})
     description = "virt-manager's installer: imports the cloud base image with cloud-init user-data from the recipe"
     package_managers = ("apt",)     # the cloud base is made by mmdebstrap
-    native = {"packages": "user-data (runcmd: apt-get install --no-install-recommends)",
+    native = {"packages": "user-data (runcmd: the distribution's package install, without Recommends)",
               "desktop": "user-data (the desktop's packages)", "files": "user-data write_files (staged tarball)",
               "disk": "--disk size (the base grown by cloud-init growpart)"}
 
