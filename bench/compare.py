@@ -1,12 +1,21 @@
 #!/usr/bin/env python3
-"""Benchmark: the same recipe through every installed build tool, with a shared warm package cache (so the
-network does not decide the ranking), each image boot-checked; prints the comparison table and the ratios to
-the best tool. Needs root.
+"""Benchmark: recipes through every installed build tool that builds them, each tool from its own warm
+package cache (so the network does not decide the ranking), each image boot-checked; prints one comparison
+table per recipe and the ratios to the best tool. Needs root.
 
-    sudo .venv/bin/python bench/compare.py --recipe debian-12-xfce --output build/bench
+    sudo .venv/bin/python bench/compare.py --recipe debian-13-xfce --recipe debian-12-xfce \\
+        --baseline HEAD~3 --output build/bench
+
+`--baseline REV` also builds each recipe with mmdebstrap from the project's code at git revision REV (a
+temporary worktree), warmed and measured the same way in the same run: the row `mmdebstrap@REV` shows whether
+a change made the native path slower.
 """
 import argparse
+import json
+import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -14,47 +23,97 @@ import pandas as pd
 from diskimages import compare
 from diskimages.boot import boot_check
 from diskimages.build import attach_boot, build
-from diskimages.recipe import load_recipe
-from diskimages.tools import TOOLS, get_tool
+from diskimages.tools import get_tool, load_checked, names
+
+REPO = Path(__file__).resolve().parent.parent
+CACHED = ("mmdebstrap", "mkosi")      # the tools that keep a package cache (warmed before measuring)
+
+BASELINE_BUILD = """
+import json, sys
+from diskimages.build import build
+res = build(sys.argv[1], "mmdebstrap", sys.argv[2], progress=False)
+print(json.dumps({"image": str(res.image), "record": str(res.record_path)}))
+"""
+
+
+def baseline(rev: str, recipe: Path, out: Path, warm: bool) -> Path:
+    """Build `recipe` with mmdebstrap from the code at `rev`; returns its record (tool renamed)."""
+    with tempfile.TemporaryDirectory(prefix="diskimages-baseline-") as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", str(tree), rev], check=True)
+        try:
+            env = {**os.environ, "PYTHONPATH": str(tree / "lib"), "DISKIMAGES_RECIPES": str(tree / "recipes")}
+            for run_out in ([out.parent / f"{out.name}-warmup" / "baseline"] if warm else []) + [out / "baseline"]:
+                r = subprocess.run([sys.executable, "-c", BASELINE_BUILD, str(recipe), str(run_out)], env=env,
+                                   capture_output=True, text=True, check=True)
+            made = json.loads(r.stdout.strip().splitlines()[-1])
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=True)
+    rec = json.loads(Path(made["record"]).read_text())
+    rec["tool"] = f"mmdebstrap@{rev}"
+    dest = out / f"{rec['recipe']}.mmdebstrap@{rev}.json"
+    dest.write_text(json.dumps(rec, indent=2))
+    Path(made["record"]).unlink()
+    return dest
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", default="debian-12-xfce")
-    ap.add_argument("--tool", action="append", help="limit to these tools (default: every installed one)")
+    ap.add_argument("--recipe", action="append", help="recipes to build (default: debian-13-xfce)")
+    ap.add_argument("--tool", action="append", help="limit to these tools (default: every one that can)")
     ap.add_argument("--output", default="build/bench")
+    ap.add_argument("--baseline", metavar="REV", help="also build with mmdebstrap from the code at this revision")
     ap.add_argument("--no-boot", action="store_true")
-    ap.add_argument("--no-warmup", action="store_true", help="do not fill the package cache first")
+    ap.add_argument("--uefi", action="store_true", help="also boot each image with UEFI firmware (BIOS is the "
+                                                       "table's boot)")
+    ap.add_argument("--no-warmup", action="store_true", help="do not fill the tools' package caches first")
     args = ap.parse_args()
-    recipe = load_recipe(args.recipe)
-    out = Path(args.output)
-    tools = []
-    for name in args.tool or sorted(TOOLS):
-        reason = get_tool(name).unavailable_reason(recipe)
-        if reason:
-            print(f"skipped {name}: {reason}", file=sys.stderr)
-        else:
-            tools.append(name)
-    if not args.no_warmup and "mmdebstrap" in tools:
-        # fills the shared cache (mmdebstrap and mkosi read it; debos has none); not measured
-        build(recipe, "mmdebstrap", out / "warmup", progress=False)
-    for name in tools:
-        print(f"building {recipe.name} with {name}", file=sys.stderr)
-        try:
-            res = build(recipe, name, out, progress=sys.stderr.isatty())
-        except Exception as e:      # a failed tool is a row, not the end of the benchmark
-            print(f"{name} failed: {e}", file=sys.stderr)
-            continue
-        if not args.no_boot:
-            attach_boot(res, boot_check(res.image, res.record, screenshot_dir=out))
+    out = Path(args.output).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    warm_dir = out.parent / f"{out.name}-warmup"
+    uefi_rows = []
+    for rname in args.recipe or ["debian-13-xfce"]:
+        recipe = load_checked(rname)
+        tools = []
+        for name in args.tool or names():
+            reason = get_tool(name).cannot_build(recipe)
+            if reason:
+                print(f"skipped {name} for {recipe.name}: {reason}", file=sys.stderr)
+            else:
+                tools.append(name)
+        for name in tools:
+            if not args.no_warmup and name in CACHED:
+                print(f"warming {name}'s package cache for {recipe.name} (not measured)", file=sys.stderr)
+                build(recipe, name, warm_dir / name, progress=False)
+            print(f"building {recipe.name} with {name}", file=sys.stderr)
+            try:
+                res = build(recipe, name, out, progress=sys.stderr.isatty())
+            except Exception as e:      # a failed tool is a row, not the end of the benchmark
+                print(f"{name} failed: {e}", file=sys.stderr)
+                continue
+            if not args.no_boot:
+                attach_boot(res, boot_check(res.image, res.record, screenshot_dir=out))
+                if args.uefi:
+                    u = boot_check(res.image, res.record, firmware="uefi", screenshot_dir=out / "uefi")
+                    uefi_rows.append({"recipe": recipe.name, "tool": name, "uefi boot ok": u.passed,
+                                      "desktop s": u.milestones.get("desktop", u.milestones.get("login")),
+                                      "reason": u.reason})
+        if args.baseline:
+            print(f"building {recipe.name} with mmdebstrap at {args.baseline}", file=sys.stderr)
+            baseline(args.baseline, recipe.source, out, warm=not args.no_warmup)
     df = compare.load(out)
-    table = compare.table(df, recipe.name)
-    cols = [c for c in ["tool", "version", "build s", "CPU s", "downloaded MB", "packages", "rootfs MB",
-                        "allocated MB", "file MB", "desktop s", "boot ok"] if c in table]
-    with pd.option_context("display.width", 200, "display.max_columns", 30):
-        print(table[cols].to_string(index=False))
-        print()
-        print(compare.ratios(table).to_string(index=False))
+    for rname in dict.fromkeys(df["recipe"]):
+        table = compare.table(df, rname)
+        cols = [c for c in ["tool", "version", "build s", "CPU s", "downloaded MB", "packages", "rootfs MB",
+                            "allocated MB", "file MB", "desktop s", "boot ok"] if c in table]
+        with pd.option_context("display.width", 200, "display.max_columns", 30):
+            print(f"\n{rname}\n")
+            print(table[cols].to_string(index=False))
+            print()
+            print(compare.ratios(table).to_string(index=False))
+    if uefi_rows:
+        print("\nthe same images booted with UEFI firmware (OVMF)\n")
+        print(pd.DataFrame(uefi_rows).to_string(index=False))
     return 0
 
 

@@ -12,13 +12,13 @@ SUDO=""
 # What the native builder, the disk assembly, the boot checks, the registry tests and the Python packages need.
 PACKAGES="mmdebstrap debian-archive-keyring qemu-system-x86 qemu-utils ovmf
   e2fsprogs dosfstools mtools fdisk util-linux procps curl xz-utils
-  docker-registry skopeo
   libvirt-daemon-system libvirt-clients dnsmasq-base iptables openssh-client
   python3 python3-venv python3-dev gcc pkg-config libvirt-dev"
-# The other build tools and the docs check: installed when the distribution has them (a tool that is missing
-# is reported by `python -m diskimages tools` and its tests are skipped with the reason).
+# The other build tools, the registry tests' registry and the docs check: installed when the distribution has
+# them (a tool that is missing is reported by `python -m diskimages tools`; its tests skip with the reason).
 TOOL_PACKAGES="mkosi debootstrap systemd-container debos parted
   virtinst packer guestfs-tools xorriso oz
+  docker-registry skopeo
   chromium"
 if [ "${1:-}" = "--python-only" ]; then
   # libvirt-python has no wheel on PyPI: it compiles against libvirt-dev
