@@ -43,7 +43,8 @@ def registry(tmp_path):
 
 @pytest.fixture
 def no_creds(monkeypatch, tmp_path):
-    for k in ("DISKIMAGES_REGISTRY_USER", "DISKIMAGES_REGISTRY_PASSWORD", "DISKIMAGES_REGISTRY_TOKEN"):
+    for k in ("DISKIMAGES_REGISTRY_USER", "DISKIMAGES_REGISTRY_PASSWORD", "DISKIMAGES_REGISTRY_TOKEN",
+              "DISKIMAGES_REGISTRY", "DISKIMAGES_REGISTRY_AUTH_HOSTS"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
 
@@ -147,10 +148,13 @@ def test_blob_url_307_from_a_registry_backed_by_other_storage(tmp_path, image, n
 
 def test_basic_auth_registry(tmp_path, image, no_creds, monkeypatch):
     with LocalRegistry(tmp_path / "storage", htpasswd=write_htpasswd(tmp_path / "htpasswd")) as reg:
-        with pytest.raises(RegistryError, match="needs a user name and password: set DISKIMAGES_REGISTRY_USER"):
+        with pytest.raises(RegistryError, match="needs a user name and password: set DISKIMAGES_REGISTRY, "):
             publish.push(image, f"{reg.host}/d/demo:v1", progress=False)
         monkeypatch.setenv("DISKIMAGES_REGISTRY_USER", USER)
         monkeypatch.setenv("DISKIMAGES_REGISTRY_PASSWORD", "wrong")
+        with pytest.raises(RegistryError, match=f"DISKIMAGES_REGISTRY_USER is set for no registry, not {reg.host}"):
+            publish.push(image, f"{reg.host}/d/demo:v1", progress=False)    # credentials bound to no host
+        monkeypatch.setenv("DISKIMAGES_REGISTRY", reg.host)
         with pytest.raises(RegistryError, match="access denied"):
             publish.push(image, f"{reg.host}/d/demo:v1", progress=False)
         monkeypatch.setenv("DISKIMAGES_REGISTRY_PASSWORD", PASSWORD)
@@ -180,6 +184,7 @@ def test_token_auth_registry_scopes_and_expiry(tmp_path, image, no_creds, monkey
                 publish.push(image, ref, progress=False)        # anonymous: pull only
             monkeypatch.setenv("DISKIMAGES_REGISTRY_USER", USER)
             monkeypatch.setenv("DISKIMAGES_REGISTRY_PASSWORD", PASSWORD)
+            monkeypatch.setenv("DISKIMAGES_REGISTRY", reg.host)
             c = RegistryClient(reg.host)
             r = Ref.parse(ref)
             assert not c.has_blob(r, sha(image))                 # HEAD: a pull-scoped token is cached

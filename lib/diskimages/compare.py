@@ -70,6 +70,8 @@ def gitlab_pipeline(recipes=None, tools=None) -> str:
                 "mkdir -p build/notebooks",
                 ".venv/bin/papermill notebooks/build.ipynb build/notebooks/$RECIPE.$TOOL.ipynb "
                 "-p recipe $RECIPE -p tool $TOOL -p output_dir build",
+                # the credentials go to the project's registry and to GitLab's token service only
+                "DISKIMAGES_REGISTRY=$CI_REGISTRY DISKIMAGES_REGISTRY_AUTH_HOSTS=$CI_SERVER_HOST "
                 "DISKIMAGES_REGISTRY_USER=$CI_REGISTRY_USER DISKIMAGES_REGISTRY_PASSWORD=$CI_REGISTRY_PASSWORD "
                 ".venv/bin/python -m diskimages push build/$RECIPE.$TOOL.qcow2 $CI_REGISTRY_IMAGE/$RECIPE:$TOOL",
             ],

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
+from urllib.parse import urlparse
 
 import oras.container
 import oras.provider
@@ -69,24 +70,62 @@ def is_loopback(host: str) -> bool:
     return h in ("localhost", "[::1]") or h.startswith("127.")
 
 
+def _host_key(host: str) -> str:
+    """A registry as written by a user (`ghcr.io`, `https://ghcr.io/`, `HOST:PORT`) -> `host[:port]`, lower case."""
+    h = host.strip().lower()
+    h = re.sub(r"^[a-z]+://", "", h)
+    return h.split("/", 1)[0]
+
+
+def env_registry() -> Optional[str]:
+    """The one registry the environment's credentials belong to (DISKIMAGES_REGISTRY), if named."""
+    host = os.environ.get("DISKIMAGES_REGISTRY", "").strip()
+    return _host_key(host) if host else None
+
+
 def credentials_for(registry: str) -> Optional[tuple[str, str]]:
-    """(user, secret) from DISKIMAGES_REGISTRY_USER/_PASSWORD (or _TOKEN), or from the docker config file
-    ($DOCKER_CONFIG/config.json, ~/.docker/config.json). None: anonymous."""
+    """(user, secret) for `registry`, or None (anonymous). Credentials go only to the host they belong to:
+    DISKIMAGES_REGISTRY_USER/_PASSWORD (or _TOKEN) only when DISKIMAGES_REGISTRY names this registry, else the
+    entry of this registry in the docker config file ($DOCKER_CONFIG/config.json, ~/.docker/config.json)."""
     user = os.environ.get("DISKIMAGES_REGISTRY_USER")
     secret = os.environ.get("DISKIMAGES_REGISTRY_PASSWORD") or os.environ.get("DISKIMAGES_REGISTRY_TOKEN")
-    if user and secret:
+    if user and secret and env_registry() == _host_key(registry):
         return user, secret
     cfg = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
     try:
         auths = json.loads(cfg.read_text()).get("auths", {})
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return None
-    for key in (registry, f"https://{registry}", f"http://{registry}"):
-        entry = auths.get(key)
-        if entry and entry.get("auth"):
-            u, _, p = base64.b64decode(entry["auth"]).decode().partition(":")
+    for key, entry in auths.items() if isinstance(auths, dict) else ():
+        if _host_key(key) == _host_key(registry) and isinstance(entry, dict) and entry.get("auth"):
+            try:
+                u, _, p = base64.b64decode(entry["auth"]).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                return None
             return u, p
     return None
+
+
+def _missing_credentials_hint(registry: str) -> str:
+    if os.environ.get("DISKIMAGES_REGISTRY_USER") and env_registry() != _host_key(registry):
+        named = env_registry() or "no registry"
+        return (f"DISKIMAGES_REGISTRY_USER is set for {named}, not {registry}: set DISKIMAGES_REGISTRY={registry} "
+                "to use it here")
+    return ("set DISKIMAGES_REGISTRY, DISKIMAGES_REGISTRY_USER and DISKIMAGES_REGISTRY_PASSWORD (or log in with "
+            "docker/podman/oras)")
+
+
+def token_hosts(registry: str) -> set[str]:
+    """The hosts whose token service may see this registry's credentials: its own, plus those the user allows
+    in DISKIMAGES_REGISTRY_AUTH_HOSTS (comma-separated; e.g. a registry whose tokens come from another host)."""
+    extra = {urlparse("//" + _host_key(h)).hostname or "" for h in os.environ.get("DISKIMAGES_REGISTRY_AUTH_HOSTS", "").split(",")
+             if h.strip()}
+    return {urlparse("//" + _host_key(registry)).hostname or ""} | extra
+
+
+def _printable(text: str) -> str:
+    """A registry's text with control characters (terminal escapes) taken out, to print safely."""
+    return re.sub(r"[\x00-\x1f\x7f-\x9f]", "?", str(text))
 
 
 class _Challenge:
@@ -150,22 +189,35 @@ class RegistryClient(oras.provider.Registry):
         ch = _Challenge(r.headers.get("WWW-Authenticate", ""))
         if ch.scheme == "basic":
             if not self._creds:
-                raise RegistryError(f"{self.registry} needs a user name and password: set DISKIMAGES_REGISTRY_USER "
-                                    "and DISKIMAGES_REGISTRY_PASSWORD (or log in with docker/podman/oras)")
+                raise RegistryError(f"{self.registry} needs a user name and password: "
+                                    f"{_missing_credentials_hint(self.registry)}")
             self._basic = "Basic " + base64.b64encode(":".join(self._creds).encode()).decode()
             return
         if ch.scheme != "bearer" or "realm" not in ch.params:
             raise RegistryError(f"{self.registry} answered 401 without a usable challenge")
         params = {k: ch.params[k] for k in ("service", "scope") if k in ch.params}
-        auth = requests.auth.HTTPBasicAuth(*self._creds) if self._creds else None
+        realm = urlparse(ch.params["realm"])
+        if realm.scheme not in ("https", "http") or not realm.hostname:
+            raise RegistryError(f"{self.registry} named a token service that is not a URL: "
+                                f"{_printable(ch.params['realm'])!r} (allowed: an https URL)")
+        if realm.scheme == "http" and not is_loopback(realm.netloc):
+            raise RegistryError(f"{self.registry} sent its token service as plain http ({realm.netloc}): refused "
+                                "(allowed: https, or http on a loopback address)")
+        trusted = realm.hostname.lower() in token_hosts(self.registry)
+        auth = requests.auth.HTTPBasicAuth(*self._creds) if self._creds and trusted else None
         try:
+            # no redirects: a redirect could carry the credentials to a host they do not belong to
             t = self.session.get(ch.params["realm"], params=params, auth=auth, timeout=self.timeout,
-                                 verify=self._tls_verify)
+                                 verify=self._tls_verify, allow_redirects=False)
         except requests.RequestException as e:
-            raise RegistryError(f"the token service {ch.params['realm']} failed: {e}") from None
+            raise RegistryError(f"the token service {realm.netloc} failed: {_printable(str(e))[:200]}") from None
         if t.status_code != 200:
+            why = ""
+            if self._creds and not trusted:
+                why = (f"; the credentials for {self.registry} were not sent to {realm.hostname} (allow it with "
+                       f"DISKIMAGES_REGISTRY_AUTH_HOSTS={realm.hostname})")
             raise RegistryError(f"the token service refused {'the credentials' if auth else 'an anonymous token'} "
-                                f"for {params.get('scope', 'this registry')} (HTTP {t.status_code})")
+                                f"for {_printable(params.get('scope', 'this registry'))} (HTTP {t.status_code}){why}")
         body = t.json()
         self._auth[key] = "Bearer " + (body.get("token") or body.get("access_token"))
 

@@ -13,7 +13,6 @@ Adding a distribution is one module here (or anywhere, imported before use): sub
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import importlib
 import pkgutil
 import re
@@ -34,10 +33,6 @@ class Release:
     codename: str
     version: str
     eol: Optional[str] = None          # ISO date the release stops getting security updates, when known
-
-    @property
-    def supported(self) -> bool:
-        return self.eol is None or _dt.date.fromisoformat(self.eol) >= _dt.date.today()
 
 
 @dataclass(frozen=True)
