@@ -3,8 +3,10 @@
 package cache (so the network does not decide the ranking), each image boot-checked; prints one comparison
 table per recipe and the ratios to the best tool. Needs root.
 
-    sudo .venv/bin/python bench/compare.py --recipe debian-13-xfce --recipe debian-12-xfce \\
-        --baseline HEAD~3 --output build/bench
+    sudo .venv/bin/python bench/compare.py --recipe debian-13-xfce \\
+        --recipe debian-12-xfce:mmdebstrap,mkosi,debos --baseline HEAD~3 --uefi debian-13-xfce --output build/bench
+
+`--recipe NAME:TOOL,TOOL` limits that recipe to those tools.
 
 `--baseline REV` also builds each recipe with mmdebstrap from the project's code at git revision REV (a
 temporary worktree), warmed and measured the same way in the same run: the row `mmdebstrap@REV` shows whether
@@ -59,23 +61,25 @@ def baseline(rev: str, recipe: Path, out: Path, warm: bool) -> Path:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", action="append", help="recipes to build (default: debian-13-xfce)")
+    ap.add_argument("--recipe", action="append", help="recipes to build, as NAME or NAME:TOOL,TOOL "
+                                                       "(default: debian-13-xfce)")
     ap.add_argument("--tool", action="append", help="limit to these tools (default: every one that can)")
     ap.add_argument("--output", default="build/bench")
     ap.add_argument("--baseline", metavar="REV", help="also build with mmdebstrap from the code at this revision")
     ap.add_argument("--no-boot", action="store_true")
-    ap.add_argument("--uefi", action="store_true", help="also boot each image with UEFI firmware (BIOS is the "
-                                                       "table's boot)")
+    ap.add_argument("--uefi", action="append", default=[], metavar="RECIPE",
+                    help="also boot this recipe's images with UEFI firmware (BIOS is the table's boot)")
     ap.add_argument("--no-warmup", action="store_true", help="do not fill the tools' package caches first")
     args = ap.parse_args()
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     warm_dir = out.parent / f"{out.name}-warmup"
     uefi_rows = []
-    for rname in args.recipe or ["debian-13-xfce"]:
+    for spec in args.recipe or ["debian-13-xfce"]:
+        rname, _, only = spec.partition(":")
         recipe = load_checked(rname)
         tools = []
-        for name in args.tool or names():
+        for name in (only.split(",") if only else None) or args.tool or names():
             reason = get_tool(name).cannot_build(recipe)
             if reason:
                 print(f"skipped {name} for {recipe.name}: {reason}", file=sys.stderr)
@@ -93,7 +97,7 @@ def main() -> int:
                 continue
             if not args.no_boot:
                 attach_boot(res, boot_check(res.image, res.record, screenshot_dir=out))
-                if args.uefi:
+                if recipe.name in args.uefi:
                     u = boot_check(res.image, res.record, firmware="uefi", screenshot_dir=out / "uefi")
                     uefi_rows.append({"recipe": recipe.name, "tool": name, "uefi boot ok": u.passed,
                                       "desktop s": u.milestones.get("desktop", u.milestones.get("login")),
