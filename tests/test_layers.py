@@ -158,3 +158,11 @@ def test_the_fake_tool_goes_through_the_build_orchestration(fake, tmp_path):
     assert measure.qemu_img_info(res.image)["virtual-size"] == 1 << 30
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fakeos-tiny.fakedisk.json", "fakeos-tiny.fakedisk.log",
                                                           "fakeos-tiny.fakedisk.qcow2"]
+
+
+@pytest.mark.parametrize("tool", ["mmdebstrap", "mkosi", "debos", "virt-install", "packer", "virt-builder"])
+def test_render_writes_every_file_of_every_tool(tool, tmp_path, capsys):
+    assert cli_main(["render", "debian-13-xfce", "--tool", tool, "-o", str(tmp_path)]) == 0
+    written = capsys.readouterr().out.split()
+    files = render("debian-13-xfce", tool)
+    assert len(written) == len(files) and all(Path(w).is_file() and Path(w).stat().st_size for w in written)

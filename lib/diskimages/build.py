@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from . import disk, measure
+from . import customize, disk, measure
 from .chroot import mounts_under
 from .progress import Progress
 from .recipe import Recipe, RecipeError
@@ -94,6 +94,7 @@ def prepare(recipe: str | Path | Recipe, tool: str = "mmdebstrap",
     why = t.cannot_build(recipe)
     if why:
         raise ToolUnavailable(f"{tool} cannot build {recipe.name}: {why}")
+    customize.password_env_vars(recipe)      # a password variable that is not set stops the build here
     return recipe, t
 
 

@@ -53,8 +53,11 @@ def _cmd_render(args) -> int:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
-            (out / name).write_text(text)
-            print(out / name)
+            # a folder's entry (`mkosi.extra/`) lists what the tool would get in it
+            dest = out / (f"{name.rstrip('/')}.contents.txt" if name.endswith("/") else name)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(text)
+            print(dest)
     else:
         for name, text in files.items():
             print(f"### {name}\n{text}")

@@ -20,7 +20,11 @@ from .paths import recipes_dir
 
 DESKTOPS = ("xfce", "gnome", "kde", "mate", "lxqt", "none")
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.I)
+_SIZE_RE = re.compile(r"\s*(\d{1,12}(?:\.\d{1,6})?)\s*([KMGT]i?B?|B)?\s*", re.I)
+MAX_DISK = 2 << 40
+MAX_RECIPE_BYTES = 1 << 20          # a recipe file larger than this is refused unread
+MAX_YAML_ALIASES = 100              # YAML aliases are allowed, an alias bomb is not
+MAX_YAML_NODES = 100_000            # nodes once every alias is expanded
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -32,13 +36,21 @@ class RecipeError(ValueError):
         super().__init__(f"{self.file}: {field}: {message}" if field else f"{self.file}: {message}")
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    """A value for an error message: repr, cut to `limit` characters (never a whole file's content)."""
+    r = repr(value)
+    return r if len(r) <= limit else r[:limit] + "...'"
+
+
 def parse_size(value: str | int) -> int:
     """'8G', '512MiB', '4096' (bytes) -> bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size (allowed: a number with an optional unit K, M, G or T, e.g. 8G)")
     if isinstance(value, int):
         return value
-    m = _SIZE_RE.match(str(value))
+    m = _SIZE_RE.fullmatch(str(value))
     if not m:
-        raise ValueError(f"{value!r} is not a size (allowed: a number with an optional unit K, M, G or T, e.g. 8G)")
+        raise ValueError(f"{_short(value)} is not a size (allowed: a number with an optional unit K, M, G or T, e.g. 8G)")
     unit = (m.group(2) or "").upper().rstrip("B").rstrip("I")
     return int(float(m.group(1)) * _UNITS[unit])
 
@@ -55,13 +67,13 @@ class User(_Strict):
     groups: list[str] = Field(default_factory=list)
     sudo: bool = False
     sudo_nopasswd: bool = False
-    shell: str = "/bin/bash"
+    shell: str = Field("/bin/bash", pattern=r"^/[A-Za-z0-9_./-]{1,100}$")
     uid: Optional[int] = Field(None, ge=1000, le=60000)
 
     @field_validator("password_hash")
     @classmethod
     def _hash(cls, v):
-        if v is not None and not re.match(r"^\$(1|5|6|y|gy|2[abxy]?|7)\$[./A-Za-z0-9$=]+$", v) and v not in ("!", "*"):
+        if v is not None and not re.fullmatch(r"\$(1|5|6|y|gy|2[abxy]?|7)\$[./A-Za-z0-9$=]+", v) and v not in ("!", "*"):
             raise ValueError("is not a crypt(3) hash (allowed: a hash like $6$... or $y$... from "
                              "`mkpasswd -m sha-512`, or '!' for a locked password); plain passwords are never "
                              "written in a recipe: use password_env")
@@ -71,7 +83,7 @@ class User(_Strict):
     @classmethod
     def _groups(cls, v):
         for g in v:
-            if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", g):
+            if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", g):
                 raise ValueError(f"{g!r} is not a group name (allowed: lower-case letters, digits, _ and -)")
         return v
 
@@ -88,6 +100,13 @@ class Disk(_Strict):
     partition_table: Literal["gpt"] = "gpt"
     firmware: Literal["bios", "uefi", "both"] = "both"
     esp_size: str = "200M"
+
+    @field_validator("size", "esp_size", mode="before")
+    @classmethod
+    def _number(cls, v):
+        if isinstance(v, bool):
+            raise ValueError(f"{v!r} is not a size (allowed: a number with an optional unit K, M, G or T, e.g. 8G)")
+        return str(v) if isinstance(v, int) else v
 
     @field_validator("size", "esp_size")
     @classmethod
@@ -107,6 +126,8 @@ class Disk(_Strict):
     def _big_enough(self):
         if self.size_bytes < (1 << 30):
             raise ValueError(f"size {self.size} is too small (allowed: 1G or more)")
+        if self.size_bytes > MAX_DISK:
+            raise ValueError(f"size {self.size} is too large (allowed: up to 2T)")
         if not (64 << 20) <= self.esp_bytes <= (1 << 30):
             raise ValueError(f"esp_size {self.esp_size} is out of range (allowed: 64M to 1G)")
         return self
@@ -124,8 +145,8 @@ class Output(_Strict):
 
 
 class Recipe(_Strict):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
-    description: str = ""
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    description: str = Field("", max_length=500)
     # distro, release and architecture are checked against the distribution modules (distros.check)
     distro: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
     release: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
@@ -161,8 +182,9 @@ class Recipe(_Strict):
     @classmethod
     def _services(cls, v):
         for s in v:
-            if not re.match(r"^[A-Za-z0-9:_.@-]+$", s):
-                raise ValueError(f"{s!r} is not a systemd unit name")
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9:_.@\\-]{0,254}", s):
+                raise ValueError(f"{_short(s)} is not a systemd unit name (allowed: letters, digits and :_.@-, "
+                                 "not starting with -)")
         return v
 
     @field_validator("timezone")
@@ -172,12 +194,20 @@ class Recipe(_Strict):
             raise ValueError(f"{v!r} is not a time zone (allowed: a tz database name such as UTC or Europe/Paris)")
         return v
 
-    @field_validator("kernel_cmdline")
+    @field_validator("kernel_cmdline", mode="before")
     @classmethod
     def _cmdline(cls, v):
-        if any(c in v for c in "\n'\"`$;\\"):
-            raise ValueError("must be plain kernel parameters (no quotes, newlines, $, ;, ` or backslashes)")
-        return v
+        # a string or a list of tokens; each token key[=value] from a safe set (it goes into GRUB's
+        # configuration and a sed expression)
+        tokens = v if isinstance(v, list) else str(v).split(" ") if isinstance(v, str) else None
+        if tokens is None:
+            raise ValueError("must be kernel parameters: a string or a list of key[=value] tokens")
+        tokens = [t for t in tokens if t != ""]
+        for t in tokens:
+            if not isinstance(t, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}(=[A-Za-z0-9_.,:/+@=-]{0,200})?", t):
+                raise ValueError(f"{_short(t)} is not a kernel parameter (allowed: key[=value] with letters, "
+                                 "digits and _.-, values also ,:/+@=; no quotes, spaces inside, #, &, |, braces or $)")
+        return " ".join(tokens)
 
     @field_validator("release", mode="before")
     @classmethod
@@ -243,7 +273,34 @@ class Recipe(_Strict):
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
+    """A SafeLoader that refuses duplicate keys instead of silently keeping the last one, and more than
+    MAX_YAML_ALIASES aliases (an alias bomb expands a few hundred bytes into gigabytes)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise yaml.composer.ComposerError(None, None, f"more than {MAX_YAML_ALIASES} YAML aliases",
+                                                  self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_document(self, node):
+        if _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise yaml.constructor.ConstructorError(None, None, f"more than {MAX_YAML_NODES} values once its "
+                                                    "aliases are expanded (a YAML alias bomb)", node.start_mark)
+        return super().construct_document(node)
+
+
+def _expanded_size(node, memo: dict) -> int:
+    """How many nodes the document has with every alias expanded (shared nodes counted each time)."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = 1      # a cycle counts once
+        if isinstance(node, yaml.SequenceNode):
+            memo[key] = 1 + sum(_expanded_size(n, memo) for n in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            memo[key] = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    return memo[key]
 
 
 def _construct_mapping(loader, node, deep=False):
@@ -261,7 +318,9 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 
 def _field_path(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
+    # a key that is no field name is not echoed: it may be a line of some other file (a password hash)
+    return ".".join(str(p) if isinstance(p, int) or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,40}", str(p))
+                    else "(a key that is not a field name)" for p in loc) or "(top level)"
 
 
 def _explain(err: dict, model_fields: dict) -> tuple[str, str]:
@@ -275,9 +334,9 @@ def _explain(err: dict, model_fields: dict) -> tuple[str, str]:
     elif err["type"] == "missing":
         msg = "is required"
     elif err["type"] == "string_pattern_mismatch":
-        msg = f"{err.get('input')!r} is not allowed (must match {err['ctx']['pattern']})"
+        msg = f"{_short(err.get('input'))} is not allowed (must match {err['ctx']['pattern']})"
     elif err["type"] == "literal_error":
-        msg = f"{err.get('input')!r} is not allowed (allowed: {err['ctx']['expected']})"
+        msg = f"{_short(err.get('input'))} is not allowed (allowed: {err['ctx']['expected']})"
     elif msg.startswith("users: ") or msg.startswith("autologin: "):
         field, msg = msg.split(": ", 1)
         loc = (field,)
@@ -312,16 +371,31 @@ def recipe_from_data(data: Any, source: Path | None = None) -> Recipe:
     return recipe
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve(strict=True).relative_to(folder.resolve())
+        return True
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
 def _check_paths(recipe: Recipe) -> None:
-    if recipe.files is not None:
-        if not recipe.files_dir.is_dir():
-            raise RecipeError(recipe.source, "files",
-                              f"overlay directory {recipe.files_dir} does not exist "
-                              "(allowed: a directory relative to the recipe file)")
-    for i, p in enumerate(recipe.script_paths):
-        if not p.is_file():
-            raise RecipeError(recipe.source, f"scripts.{i}",
-                              f"script {p} does not exist (allowed: a file relative to the recipe file)")
+    """Overlay folders and scripts must be inside the recipe's own folder (links resolved): a recipe never
+    reaches the build host's other files, /proc, /sys or /dev."""
+    base = recipe.base_dir
+    wanted = ([("files", recipe.files, recipe.files_dir, "folder")] if recipe.files is not None else []) + \
+        [(f"scripts.{i}", rel, p, "file") for i, (rel, p) in enumerate(zip(recipe.scripts, recipe.script_paths))]
+    for field, rel, path, kind in wanted:
+        allowed = f"(allowed: a {kind} relative to the recipe file, inside its folder)"
+        if not os.path.lexists(path):
+            problem = "does not exist"
+        elif not _inside(path, base):
+            problem = f"is not inside the recipe's folder {base}"
+        elif not (path.is_dir() if kind == "folder" else path.is_file()):
+            problem = f"is not a {kind}"
+        else:
+            continue
+        raise RecipeError(recipe.source, field, f"{kind} {_short(rel)} {problem} {allowed}")
 
 
 def resolve_recipe_path(name_or_path: str | os.PathLike) -> Path:
@@ -343,7 +417,16 @@ def load_recipe(name_or_path: str | os.PathLike | Recipe) -> Recipe:
         return name_or_path
     path = resolve_recipe_path(name_or_path)
     try:
-        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        if not path.is_file() or path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(path, "", f"not a recipe file (allowed: a regular YAML file of at most "
+                                        f"{MAX_RECIPE_BYTES >> 20} MiB)")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(path, "", "not a text file (allowed: a UTF-8 YAML file)") from None
+    except OSError as e:
+        raise RecipeError(path, "", f"cannot be read: {e.strerror}") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import pkgutil
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -97,6 +98,8 @@ class Tool:
     needs: ClassVar[frozenset[str]] = frozenset()
     #: the phase the orchestrator runs first when "base" is needed
     BASE_PHASE: ClassVar[str] = "base"
+    #: the options a recipe may give this tool under `tools: {NAME: {...}}`: name -> (what is allowed, check)
+    options: ClassVar[dict[str, tuple[str, Callable[[Any], bool]]]] = {}
 
     _registry: ClassVar[dict[str, type["Tool"]]] = {}
 
@@ -257,6 +260,16 @@ class DiskTool(Tool):
             return self.build_disk(state, raw)
 
 
+def _components(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(c, str) and re.fullmatch(r"[a-z0-9][a-z0-9-]{0,40}", c)
+                                                   for c in v)
+
+
+COMPONENTS = ("a list of archive components such as [main, contrib]", _components)
+BASE_OPTION = ("the name of a cloud base recipe under recipes/",
+               lambda v: isinstance(v, str) and re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", v) is not None)
+
+
 COVERED_FIELDS = ("packages", "desktop", "hostname", "locale", "timezone", "keyboard", "users", "autologin",
                   "files", "scripts", "services", "kernel_cmdline", "disk", "output")
 
@@ -304,9 +317,20 @@ def get_tool(name: str) -> Tool:
 def check_recipe(recipe: Recipe) -> Recipe:
     """The recipe checked against its distribution and the tools it names; `release` becomes the codename."""
     recipe = distros.check(recipe)
-    for key in recipe.tools:
+    for key, opts in recipe.tools.items():
         if key not in Tool._registry:
-            raise RecipeError(recipe.source, f"tools.{key}", f"unknown tool (allowed: {', '.join(names())})")
+            raise RecipeError(recipe.source, f"tools.{str(key)[:40]}", f"unknown tool (allowed: {', '.join(names())})")
+        known = Tool._registry[key].options
+        if not isinstance(opts, dict):
+            raise RecipeError(recipe.source, f"tools.{key}", f"must be a mapping of {key}'s options "
+                                                            f"(allowed: {', '.join(known) or 'none'})")
+        for name, value in opts.items():
+            if name not in known:
+                raise RecipeError(recipe.source, f"tools.{key}.{str(name)[:40]}",
+                                  f"unknown option of {key} (allowed: {', '.join(known) or 'none'})")
+            what, ok = known[name]
+            if not ok(value):
+                raise RecipeError(recipe.source, f"tools.{key}.{name}", f"is not allowed (allowed: {what})")
     return recipe
 
 

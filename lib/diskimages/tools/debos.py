@@ -24,7 +24,7 @@ from .. import customize, disk
 from ..disk import DiskInfo
 from ..hostfix import PrivateNamespace
 from ..runner import run
-from . import BuildState, DiskTool
+from . import COMPONENTS, BuildState, DiskTool
 
 IMAGE = "disk.img"
 STAGE_SRC = "diskimages-stage"        # next to the recipe: the staging tree the overlay action copies in
@@ -68,6 +68,7 @@ class Debos(DiskTool):
     applies_recipe = True
     description = "Collabora's Debian OS builder: a debos YAML recipe that makes the whole bootable disk"
     package_managers = ("apt",)
+    options = {"components": COMPONENTS}
     native = {"packages": "apt action", "desktop": "apt action (the desktop's packages)",
               "files": "overlay action", "scripts": "run action (chroot) via customize.sh",
               "kernel_cmdline": "run action: GRUB_CMDLINE_LINUX_DEFAULT", "disk": "image-partition action"}

@@ -44,6 +44,7 @@ class Mkosi(RootfsTool):
     applies_recipe = True
     description = "systemd's image builder: tree by mkosi (mkosi.conf, mkosi.extra, mkosi.postinst), " \
                   "made bootable by diskimages"
+    options = {"with_docs": ("true or false", lambda v: isinstance(v, bool))}
     native = {"packages": "Packages=", "desktop": "Packages= (the desktop's packages)", "hostname": "Hostname=",
               "files": "mkosi.extra/ (ExtraTrees)"}
 

@@ -6,9 +6,21 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+import re
+
 from ..customize import render_script
 from ..runner import run
-from . import BuildState, RootfsTool
+from . import COMPONENTS, BuildState, RootfsTool
+
+VARIANTS = ("extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important", "debootstrap",
+            "standard")
+
+
+def _safe_args(v) -> bool:
+    """Extra mmdebstrap options, never a hook: hooks run on the build host as root."""
+    return isinstance(v, list) and all(
+        isinstance(a, str) and re.fullmatch(r"--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:/+=@ -]*)?", a)
+        and "hook" not in a.split("=", 1)[0] for a in v)
 
 # where apt keeps downloaded packages inside the tree mmdebstrap builds
 ARCHIVES = "/var/cache/apt/archives/"
@@ -20,6 +32,10 @@ class Mmdebstrap(RootfsTool):
     description = "Debian's multi-mirror debootstrap: root file system, customised and assembled by diskimages"
     package_managers = ("apt",)
     native = {"packages": "--include=", "desktop": "--include= (the desktop's packages)"}
+    options = {"variant": (f"one of {', '.join(VARIANTS)}", lambda v: v in VARIANTS),
+               "components": COMPONENTS,
+               "extra_args": ("a list of --option[=value] arguments; no hooks (they would run on the build host)",
+                              _safe_args)}
 
     def command(self, state: BuildState, rootfs: Path, cache: Path) -> tuple[list[str], str]:
         """(argv, stdin): the mirror lines go on stdin ('-') so no mirror appears on the command line."""

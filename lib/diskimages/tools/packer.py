@@ -21,7 +21,7 @@ from pathlib import Path
 from .. import disk, measure, vmbuild
 from ..disk import DiskInfo
 from ..runner import run
-from . import BuildState, DiskTool
+from . import BASE_OPTION, BuildState, DiskTool
 from .virt_install import preseed
 
 BUILD_USER = "diskimages-build"
@@ -48,6 +48,7 @@ class Packer(DiskTool):
     needs = frozenset({"base", "accel"})
     description = "HashiCorp Packer: qemu builder from the cloud base image, shell provisioner applies the recipe"
     package_managers = ("apt",)     # the cloud base is made by mmdebstrap
+    options = {"base": BASE_OPTION}
     native = {"packages": "shell provisioner (the distribution's package install, without Recommends)",
               "desktop": "shell provisioner (the desktop's packages)",
               "files": "file provisioner (staged tarball)", "scripts": "shell provisioner via customize.sh",

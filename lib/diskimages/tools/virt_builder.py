@@ -20,7 +20,7 @@ from typing import Iterable, Optional
 from .. import disk, distros, measure, vmbuild
 from ..disk import DiskInfo
 from ..paths import cache_dir
-from . import BuildState, DiskTool, shell_command
+from . import BASE_OPTION, BuildState, DiskTool, shell_command
 
 
 REPOS_D = "/etc/virt-builder/repos.d"
@@ -33,6 +33,7 @@ class VirtBuilder(DiskTool):
     needs = frozenset({"base", "accel"})
     description = "libguestfs' virt-builder from a template repository of the cloud base made by diskimages"
     package_managers = ("apt",)     # the cloud base is made by mmdebstrap
+    options = {"base": BASE_OPTION}
     native = {"packages": "--run-command vm-build.sh (the distribution's package install, without Recommends)",
               "desktop": "--run-command vm-build.sh (the desktop's packages)",
               "files": "--upload (staged tarball)", "disk": "--size (virt-resize expands the root)"}

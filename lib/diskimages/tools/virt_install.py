@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import disk, vmbuild
 from ..disk import DiskInfo
 from ..runner import run
-from . import BuildState, DiskTool, shell_command
+from . import BASE_OPTION, BuildState, DiskTool, shell_command
 
 MEMORY_MB = 2048
 CPUS = 2
@@ -31,6 +31,8 @@ class VirtInstall(DiskTool):
     needs = frozenset({"base", "accel", "libvirt"})
     description = "virt-manager's installer: imports the cloud base image with cloud-init user-data from the recipe"
     package_managers = ("apt",)     # the cloud base is made by mmdebstrap
+    options = {"base": BASE_OPTION, "wait_minutes": ("a whole number of minutes from 1 to 1440",
+                                       lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1440)}
     native = {"packages": "user-data (runcmd: the distribution's package install, without Recommends)",
               "desktop": "user-data (the desktop's packages)", "files": "user-data write_files (staged tarball)",
               "disk": "--disk size (the base grown by cloud-init growpart)"}
