@@ -53,7 +53,7 @@ class VirtBuilder(DiskTool):
         template = state.distro.cloud_base_recipe.format(version=state.release.version)
         argv = self.argv(state, Path("/REPO/index"), template, Path("WORK/disk.raw"), Path("WORK/stage.tar.gz"))
         return {"command": shell_command(argv), "vm-build.sh": vmbuild.vm_script(state.recipe),
-                "index (template repository)": f"[{template}]\nname=... (written by "
+                "index": f"[{template}]\nname=... (written by "
                                                "python -m diskimages virt-builder-repo, checked by "
                                                "virt-index-validate)\n"}
 
