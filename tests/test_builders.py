@@ -227,3 +227,20 @@ def test_small_build_boots_to_login(small_build, firmware, tmp_path):
                      backend="qemu")
     assert res.passed, res.reason
     assert b"small-test login:" in res.serial_log.read_bytes()
+
+
+@pytest.mark.build
+def test_each_tool_keeps_its_own_package_cache_out_of_every_image(tmp_path, monkeypatch):
+    """mkosi's cache layout (a debian~trixie/ folder of packages) once ended up inside every later mmdebstrap
+    image through a shared cache folder."""
+    _need("mkosi")
+    monkeypatch.setenv("DISKIMAGES_TEST_PASSWORD", PASSWORD)
+    mk = build(SMALL, "mkosi", tmp_path / "mkosi", progress=False)
+    mm = build(SMALL, "mmdebstrap", tmp_path / "mmdebstrap", progress=False)
+    from diskimages.tools import new_state
+    state = new_state(load_checked(SMALL), Path("WORK"), Path("LOG"))
+    assert get_tool("mkosi").cache_path(state) != get_tool("mmdebstrap").cache_path(state)
+    assert mk.record["cache"] in ("cold", "partial", "warm")
+    with ImageReader(mm.image) as r:
+        assert set(r.listdir("/var/cache/apt/archives")) <= {"partial", "lock"}
+    assert mm.record["file_bytes"] < 400 << 20

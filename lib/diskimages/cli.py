@@ -180,7 +180,8 @@ def _cmd_push(args) -> int:
 def _cmd_pull(args) -> int:
     from .publish import pull, registry_for
     with registry_for(args.ref, args.storage) as ref:
-        res = pull(ref, args.directory, plain_http=args.plain_http or None, progress=sys.stderr.isatty())
+        res = pull(ref, args.directory, plain_http=args.plain_http or None, progress=sys.stderr.isatty(),
+                   force=args.force)
     for f in res.files:
         print(f)
     return 0
@@ -303,6 +304,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pull", help="download an artifact's files, each verified against its digest (resumable)")
     p.add_argument("ref")
     p.add_argument("directory")
+    p.add_argument("--force", action="store_true", help="replace existing files of other content")
     _add_registry_opts(p)
     p.set_defaults(func=_cmd_pull)
     p = sub.add_parser("blob-url", help="a plain download URL for an artifact's disk (or the curl command that works)")
@@ -329,7 +331,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from .recipe import RecipeError
     from .runner import CommandError, Interrupted, signals_as_exceptions
-    from .registry import RegistryError
+    from .registry import RegistryError, printable
     from .tools import ToolUnavailable
     args = parser().parse_args(argv)
     try:
@@ -340,7 +342,11 @@ def main(argv=None) -> int:
             e = e.args[0]
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (CommandError, RegistryError, RuntimeError) as e:
+    except RegistryError as e:
+        # what a registry sent is never printed raw (terminal escapes), and a failure is one line
+        print(f"error: {printable(str(e).replace(chr(10), ' '))}", file=sys.stderr)
+        return 1
+    except (CommandError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, Interrupted) as e:

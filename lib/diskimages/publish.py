@@ -10,12 +10,15 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .registry import OCI_INDEX, OCI_MANIFEST, Ref, RegistryClient, RegistryError
+from urllib.parse import urljoin, urlparse
+
+from .registry import OCI_INDEX, OCI_MANIFEST, Ref, RegistryClient, RegistryError, printable
 
 ARTIFACT_TYPE = "application/vnd.diskimages.image.v1"
 DISK_MEDIA_TYPES = {"qcow2": "application/x-qemu-disk", "raw": "application/octet-stream"}
@@ -133,16 +136,50 @@ def push(image: Path | str, ref: str, *, record: Optional[dict] = None, extra_ta
     return PushResult(str(r), mdigest, manifest, round(time.monotonic() - t0, 2), size)
 
 
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+MAX_LAYER = 4 << 40
+SAFE_TITLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,200}")
+
+
+def _descriptor(d, where: str) -> dict:
+    """A content descriptor from a registry: a digest we can verify and a size we can bound."""
+    if not isinstance(d, dict) or not isinstance(d.get("digest"), str) or not DIGEST_RE.fullmatch(d["digest"]):
+        raise RegistryError(f"{where}: a descriptor without a sha256 digest")
+    size = d.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_LAYER:
+        raise RegistryError(f"{where}: {d['digest'][:19]} has no usable size (allowed: 0 to 4 TiB)")
+    return d
+
+
+def _parse_manifest(raw: bytes, where: str) -> dict:
+    try:
+        m = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise RegistryError(f"{where}: the manifest is not JSON") from None
+    if not isinstance(m, dict):
+        raise RegistryError(f"{where}: the manifest is not a JSON object")
+    for key in ("layers", "manifests"):
+        if key in m:
+            if not isinstance(m[key], list):
+                raise RegistryError(f"{where}: the manifest's {key} is not a list")
+            for d in m[key]:
+                _descriptor(d, where)
+    return m
+
+
 def _artifact_manifest(c: RegistryClient, r: Ref) -> tuple[dict, str]:
+    where = f"{c.registry}: {r}"
     raw, mtype, digest = c.get_manifest_raw(r)
-    m = json.loads(raw)
+    m = _parse_manifest(raw, where)
     if mtype == OCI_INDEX or "manifests" in m:
         picks = [d for d in m.get("manifests", []) if d.get("artifactType") == ARTIFACT_TYPE] or m.get("manifests", [])
         if not picks:
-            raise RegistryError(f"{r} is an empty index")
+            raise RegistryError(f"{where}: an empty index")
         sub = Ref(r.registry, r.repository, digest=picks[0]["digest"])
         raw, mtype, digest = c.get_manifest_raw(sub)
-        m = json.loads(raw)
+        m = _parse_manifest(raw, where)
+    if "layers" not in m:
+        raise RegistryError(f"{where}: the manifest has no layers")
     return m, digest
 
 
@@ -161,25 +198,44 @@ class PullResult:
     files: list[Path] = field(default_factory=list)
 
 
+def layer_file_name(layer: dict, where: str) -> str:
+    """The file a layer is written to: its title when that is a plain, safe file name (no dot-file, no
+    separator, no control character), else refused."""
+    annotations = layer.get("annotations") if isinstance(layer.get("annotations"), dict) else {}
+    title = annotations.get("org.opencontainers.image.title")
+    if title is None:
+        return layer["digest"].replace(":", "-")
+    if not isinstance(title, str) or not SAFE_TITLE.fullmatch(title) or title.endswith(".partial"):
+        shown = printable(str(title))[:60]
+        raise RegistryError(f"{where}: layer {layer['digest'][:19]} has an unsafe title {shown!r} (allowed: a plain "
+                            "file name of letters, digits and ._+-, not starting with a dot)")
+    return title
+
+
 def pull(ref: str, directory: Path | str, *, plain_http: Optional[bool] = None, progress: bool = True,
-         client: Optional[RegistryClient] = None) -> PullResult:
+         client: Optional[RegistryClient] = None, force: bool = False) -> PullResult:
     """Download every layer of an artifact into `directory` under its title, each verified against its digest
-    (written to NAME.partial and renamed when it matches; an interrupted pull resumes from the .partial)."""
+    (written to NAME.partial and renamed when it matches; an interrupted pull resumes from the .partial).
+    An existing file of another content is replaced only with `force`."""
     r = Ref.parse(ref)
     c = client or RegistryClient(r.registry, plain_http)
+    where = f"{c.registry}: {r}"
     m, mdigest = _artifact_manifest(c, r)
     out = Path(directory)
+    names = [layer_file_name(layer, where) for layer in m["layers"]]
+    if len(set(names)) != len(names):
+        raise RegistryError(f"{where}: two layers have the same title")
     out.mkdir(parents=True, exist_ok=True)
     files = []
-    for layer in m.get("layers", []):
-        name = (layer.get("annotations") or {}).get("org.opencontainers.image.title") or layer["digest"].replace(":", "-")
-        name = os.path.basename(name)
-        if not name or name in (".", ".."):
-            raise RegistryError(f"layer {layer['digest']} has an unusable title {name!r}")
+    for layer, name in zip(m["layers"], names):
         dest = out / name
-        if dest.is_file() and dest.stat().st_size == layer["size"] and file_digest(dest) == layer["digest"]:
-            files.append(dest)
-            continue
+        if os.path.lexists(dest):
+            if dest.is_file() and not dest.is_symlink() and dest.stat().st_size == layer["size"] \
+                    and file_digest(dest) == layer["digest"]:
+                files.append(dest)
+                continue
+            if not force:
+                raise RegistryError(f"{where}: {dest} exists with other content: not replaced (use --force)")
         bar = _progress_bar(layer["size"], f"pull {name}", progress)
         try:
             files.append(c.pull_blob(r, layer["digest"], layer["size"], dest, progress=bar.update))
@@ -217,7 +273,11 @@ def blob_url(ref: str, *, plain_http: Optional[bool] = None, client: Optional[Re
     resp = c.do_request(url, "GET", stream=True, allow_redirects=False)
     resp.close()
     if resp.status_code in (301, 302, 303, 307, 308):
-        loc = resp.headers["Location"]
+        loc = urljoin(url, resp.headers.get("Location", ""))
+        if urlparse(loc).scheme not in ("http", "https") or not urlparse(loc).netloc or any(
+                ord(ch) < 33 or ch in "'\"" for ch in loc):
+            raise RegistryError(f"{c.registry}: {r}: the registry redirected to {printable(loc)[:120]!r}, which is "
+                                "not a download URL (allowed: an http(s) URL)")
         return BlobURL(str(r), layer["digest"], layer["size"], resp.status_code, loc, True, f"curl -fLo disk '{loc}'")
     c.check(resp, f"get blob {layer['digest'][:19]}", ok=(200,))
     curl = c.curl_command(r, url)

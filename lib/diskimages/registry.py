@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 import oras.container
 import oras.provider
@@ -34,6 +34,7 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFEST_ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX, "application/vnd.docker.distribution.manifest.v2+json",
                              "application/vnd.docker.distribution.manifest.list.v2+json"])
 CHUNK = 8 << 20
+MAX_MANIFEST = 4 << 20              # the registry's own limit for manifests
 
 
 class RegistryError(RuntimeError):
@@ -123,7 +124,12 @@ def token_hosts(registry: str) -> set[str]:
     return {urlparse("//" + _host_key(registry)).hostname or ""} | extra
 
 
-def _printable(text: str) -> str:
+def _is_regular(fd: int) -> bool:
+    import stat
+    return stat.S_ISREG(os.fstat(fd).st_mode)
+
+
+def printable(text: str) -> str:
     """A registry's text with control characters (terminal escapes) taken out, to print safely."""
     return re.sub(r"[\x00-\x1f\x7f-\x9f]", "?", str(text))
 
@@ -176,6 +182,11 @@ class RegistryClient(oras.provider.Registry):
                 raise RegistryError(f"cannot reach {self.registry}: {reason}") from None
             except requests.Timeout:
                 raise RegistryError(f"{self.registry} did not answer within {self.timeout:.0f} s") from None
+            except requests.TooManyRedirects:
+                raise RegistryError(f"{self.registry}: {method} {printable(urlparse(url).path)[:120]}: "
+                                    "too many redirects (a redirect loop)") from None
+            except requests.RequestException as e:
+                raise RegistryError(f"{self.registry}: {printable(str(e)).splitlines()[0][:200]}") from None
             if r.status_code == 401 and attempt < 2:
                 self._authenticate(r, key)
                 continue
@@ -199,7 +210,7 @@ class RegistryClient(oras.provider.Registry):
         realm = urlparse(ch.params["realm"])
         if realm.scheme not in ("https", "http") or not realm.hostname:
             raise RegistryError(f"{self.registry} named a token service that is not a URL: "
-                                f"{_printable(ch.params['realm'])!r} (allowed: an https URL)")
+                                f"{printable(ch.params['realm'])!r} (allowed: an https URL)")
         if realm.scheme == "http" and not is_loopback(realm.netloc):
             raise RegistryError(f"{self.registry} sent its token service as plain http ({realm.netloc}): refused "
                                 "(allowed: https, or http on a loopback address)")
@@ -210,14 +221,14 @@ class RegistryClient(oras.provider.Registry):
             t = self.session.get(ch.params["realm"], params=params, auth=auth, timeout=self.timeout,
                                  verify=self._tls_verify, allow_redirects=False)
         except requests.RequestException as e:
-            raise RegistryError(f"the token service {realm.netloc} failed: {_printable(str(e))[:200]}") from None
+            raise RegistryError(f"the token service {realm.netloc} failed: {printable(str(e))[:200]}") from None
         if t.status_code != 200:
             why = ""
             if self._creds and not trusted:
                 why = (f"; the credentials for {self.registry} were not sent to {realm.hostname} (allow it with "
                        f"DISKIMAGES_REGISTRY_AUTH_HOSTS={realm.hostname})")
             raise RegistryError(f"the token service refused {'the credentials' if auth else 'an anonymous token'} "
-                                f"for {_printable(params.get('scope', 'this registry'))} (HTTP {t.status_code}){why}")
+                                f"for {printable(params.get('scope', 'this registry'))} (HTTP {t.status_code}){why}")
         body = t.json()
         self._auth[key] = "Bearer " + (body.get("token") or body.get("access_token"))
 
@@ -225,9 +236,10 @@ class RegistryClient(oras.provider.Registry):
         if r.status_code in ok:
             return r
         try:
-            errs = "; ".join(e.get("message", "") for e in r.json().get("errors", []))
-        except ValueError:
+            errs = "; ".join(str(e.get("message", "")) for e in r.json().get("errors", []))
+        except (ValueError, AttributeError, TypeError):
             errs = r.text[:200]
+        errs = printable(errs)[:300]
         if r.status_code in (401, 403):
             hint = "" if self._creds else " (no credentials: set DISKIMAGES_REGISTRY_USER/DISKIMAGES_REGISTRY_PASSWORD)"
             raise RegistryError(f"{what}: access denied by {self.registry} (HTTP {r.status_code}){hint}: {errs}")
@@ -323,36 +335,57 @@ class RegistryClient(oras.provider.Registry):
 
     def pull_blob(self, ref: Ref, digest: str, size: int, dest: Path,
                   progress: Optional[Callable[[int], None]] = None) -> Path:
-        """Download a blob to `dest`, verifying its sha256 while writing; resumes from `dest.partial`."""
+        """Download a blob to `dest`, verifying its sha256 while writing and reading no byte past its declared
+        size; resumes from `dest.partial` (a regular file, never followed through a link)."""
         part = dest.with_name(dest.name + ".partial")
-        have = part.stat().st_size if part.exists() else 0
-        if have > size:
-            part.unlink()
-            have = 0
         h = hashlib.sha256()
-        if have:
-            with open(part, "rb") as f:
-                while b := f.read(CHUNK):
-                    h.update(b)
-            if progress:
-                progress(have)
-        if have < size:
-            headers = {"Range": f"bytes={have}-"} if have else {}
-            r = self.do_request(self.blob_url(ref, digest), "GET", headers=headers, stream=True)
-            self.check(r, f"download {digest[:19]}", ok=(200, 206))
-            if have and r.status_code == 200:     # the server ignored the range: start again
+        have = 0
+        try:
+            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise RegistryError(f"{part}: cannot be written ({e.strerror}: a link or not a regular file?)") from None
+        with os.fdopen(fd, "r+b") as f:
+            if not _is_regular(f.fileno()):
+                raise RegistryError(f"{part} is not a regular file: refused")
+            while b := f.read(CHUNK):
+                h.update(b)
+                have += len(b)
+            if have > size:                     # not the same blob: start again
+                f.seek(0)
+                f.truncate()
                 have, h = 0, hashlib.sha256()
-            with open(part, "ab" if have else "wb") as f:
-                for chunk in r.iter_content(CHUNK):
-                    f.write(chunk)
-                    h.update(chunk)
-                    if progress:
-                        progress(len(chunk))
+            if progress and have:
+                progress(have)
+            if have < size:
+                headers = {"Range": f"bytes={have}-"} if have else {}
+                r = self.do_request(self.blob_url(ref, digest), "GET", headers=headers, stream=True)
+                self.check(r, f"download {digest[:19]}", ok=(200, 206))
+                if have and r.status_code == 200:     # the server ignored the range: start again
+                    f.seek(0)
+                    f.truncate()
+                    have, h = 0, hashlib.sha256()
+                try:
+                    for chunk in r.iter_content(CHUNK):
+                        if have + len(chunk) > size:
+                            f.truncate(0)
+                            raise RegistryError(f"{self.registry}: {ref}: blob {digest[:19]} is longer than the "
+                                                f"{size} bytes its manifest declares: refused, nothing kept")
+                        f.write(chunk)
+                        h.update(chunk)
+                        have += len(chunk)
+                        if progress:
+                            progress(len(chunk))
+                except requests.RequestException as e:
+                    raise RegistryError(f"{self.registry}: {ref}: the download of {digest[:19]} broke off after "
+                                        f"{have} of {size} bytes ({printable(str(e)).splitlines()[0][:120]}); "
+                                        f"run pull again to resume from {part.name}") from None
+                finally:
+                    r.close()
         got = "sha256:" + h.hexdigest()
-        if got != digest or part.stat().st_size != size:
-            part.unlink()
-            raise RegistryError(f"{dest.name}: the downloaded blob does not match its digest "
-                                f"(expected {digest}, got {got}, {size} bytes expected): removed")
+        if got != digest or have != size:
+            part.unlink(missing_ok=True)
+            raise RegistryError(f"{self.registry}: {ref}: {dest.name}: the downloaded blob does not match its "
+                                f"digest (expected {digest}, got {got}; {have} of {size} bytes): removed")
         os.replace(part, dest)
         return dest
 
@@ -362,10 +395,12 @@ class RegistryClient(oras.provider.Registry):
         r = self.check(self.do_request(f"{self.base}/v2/{ref.repository}/manifests/{ref.reference}", "GET",
                                        headers={"Accept": MANIFEST_ACCEPT}), f"get manifest {ref}")
         raw = r.content
+        if len(raw) > MAX_MANIFEST:
+            raise RegistryError(f"{self.registry}: {ref}: the manifest is larger than {MAX_MANIFEST >> 20} MiB")
         digest = "sha256:" + hashlib.sha256(raw).hexdigest()
         if ref.digest and digest != ref.digest:
-            raise RegistryError(f"manifest of {ref} does not match the digest asked for ({digest})")
-        return raw, r.headers.get("Content-Type", "").split(";")[0] or json.loads(raw).get("mediaType", ""), digest
+            raise RegistryError(f"{self.registry}: {ref}: the manifest does not match the digest asked for ({digest})")
+        return raw, printable(r.headers.get("Content-Type", "").split(";")[0]), digest
 
     def put_manifest(self, ref: Ref, raw: bytes, media_type: str, reference: Optional[str] = None) -> str:
         reference = reference or ref.reference
@@ -374,14 +409,29 @@ class RegistryClient(oras.provider.Registry):
         self.check(r, f"put manifest {ref.repository}:{reference}")
         return "sha256:" + hashlib.sha256(raw).hexdigest()
 
-    def list_tags(self, ref: Ref) -> list[str]:
+    def list_tags(self, ref: Ref, max_pages: int = 100) -> list[str]:
+        """Every tag, following `Link: rel="next"` within this registry, at most `max_pages` pages."""
         tags: list[str] = []
-        url = f"{self.base}/v2/{ref.repository}/tags/list?n=1000"
+        url: Optional[str] = f"{self.base}/v2/{ref.repository}/tags/list?n=1000"
+        seen = set()
         while url:
+            if url in seen or len(seen) >= max_pages:
+                raise RegistryError(f"{self.registry}: {ref.repository}: the tag list does not end "
+                                    f"({'a page links to itself' if url in seen else f'more than {max_pages} pages'})")
+            seen.add(url)
             r = self.check(self.do_request(url, "GET"), f"list tags of {ref.repository}")
-            tags += r.json().get("tags") or []
+            try:
+                page = r.json().get("tags") or []
+            except (ValueError, AttributeError):
+                raise RegistryError(f"{self.registry}: {ref.repository}: the tag list is not a JSON object") from None
+            if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
+                raise RegistryError(f"{self.registry}: {ref.repository}: the tag list is not a list of names")
+            tags += [t for t in page if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}", t)]
             m = re.search(r'<([^>]+)>;\s*rel="next"', r.headers.get("Link", ""))
-            url = (m.group(1) if m.group(1).startswith("http") else self.base + m.group(1)) if m else None
+            url = urljoin(url, m.group(1)) if m else None
+            if url and urlparse(url).netloc != urlparse(self.base).netloc:
+                raise RegistryError(f"{self.registry}: {ref.repository}: the tag list continues on another host: "
+                                    "refused")
         return tags
 
 

@@ -53,9 +53,8 @@ class VirtBuilder(DiskTool):
         template = state.distro.cloud_base_recipe.format(version=state.release.version)
         argv = self.argv(state, Path("/REPO/index"), template, Path("WORK/disk.raw"), Path("WORK/stage.tar.gz"))
         return {"command": shell_command(argv), "vm-build.sh": vmbuild.vm_script(state.recipe),
-                "index": f"[{template}]\nname=... (written by "
-                                               "python -m diskimages virt-builder-repo, checked by "
-                                               "virt-index-validate)\n"}
+                "index": f"[{template}]\nname=... (written by python -m diskimages virt-builder-repo, "
+                         "checked by virt-index-validate)\n"}
 
     def repo(self, state: BuildState) -> tuple[Path, str]:
         base = state.base.path
