@@ -93,6 +93,18 @@ class HostileRegistry:
                         self.wfile.flush()
                         time.sleep(6)
                         return
+                    if mode == "slow":                       # 64 KiB every 0.2 s
+                        self.send_response(200)
+                        self.send_header("Content-Length", str(len(BLOB)))
+                        self.end_headers()
+                        try:
+                            for i in range(0, len(BLOB), 1 << 16):
+                                self.wfile.write(BLOB[i:i + (1 << 16)])
+                                self.wfile.flush()
+                                time.sleep(0.2)
+                        except OSError:
+                            pass
+                        return
                     if mode == "loop":
                         return self._send(307, b"", [("Location", p)])
                     if mode == "relative":

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from . import customize, disk, measure
+from . import customize, disk, measure, reaper
 from .chroot import mounts_under
 from .progress import Progress
 from .recipe import Recipe, RecipeError
@@ -152,7 +152,10 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
 
     state = new_state(recipe, work, log, mirror, use_cache=use_cache, on_line=bar.line, phase=phase)
     check_mirror(state)
+    reaper.reap(say=True)
     log.write_text("")
+    tracked = [reaper.track("path", path=str(work), what="build work folder"),
+               reaper.track("path", path=str(partial), what="unfinished image")]
     with signals_as_exceptions():
         try:
             work.mkdir()
@@ -170,6 +173,8 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
             bar.close()
             partial.unlink(missing_ok=True)
             remove_tree(work)
+            for key in tracked:
+                reaper.untrack(key)
 
     record = {
         "kind": "diskimages.build", "schema": 1,
@@ -221,7 +226,7 @@ def _services(tool: Tool, state: BuildState):
         state.libvirt = libvirt_host.Session(conn, network)
         yield
     finally:
-        if how.startswith("started") and not list_vms():
+        if how.startswith("started") and not list_vms() and not libvirt_host.others_use_it():
             libvirt_host.stop_started(conn)
 
 

@@ -140,6 +140,16 @@ def _cmd_boot(args) -> int:
     return _boot(image, record, args)
 
 
+def _cmd_gc(args) -> int:
+    from .reaper import reap
+    done = reap()
+    for line in done:
+        print(line)
+    print(f"gc: {len(done)} thing(s) left by killed commands cleaned up" if done else
+          "gc: nothing left by killed commands")
+    return 0
+
+
 def _cmd_matrix(args) -> int:
     from .compare import gitlab_pipeline, matrix
     if args.format == "gitlab":
@@ -268,6 +278,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="leave the VM running (libvirt) and print how to reach it")
     p.add_argument("--name", help="name of the kept VM (default: diskimages-RECIPE-XXXXXX)")
     p.set_defaults(func=_cmd_boot)
+    p = sub.add_parser("gc", help="end and remove what killed commands left (processes, VMs, daemons, "
+                                  "loop devices, work folders; qemu.conf restored)")
+    p.set_defaults(func=_cmd_gc)
     p = sub.add_parser("vms", help="the VMs diskimages started and left running")
     p.set_defaults(func=_cmd_vms)
     p = sub.add_parser("ssh", help="ssh into a kept VM as root; with -- COMMAND, run it and exit with its status")

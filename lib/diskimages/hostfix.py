@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
+from . import reaper
+
 NSPAWN_DIR = Path("/run/systemd/nspawn")
 
 FAKE_UDEVADM = """#!/bin/sh
@@ -55,6 +57,7 @@ class PrivateNamespace:
         self.hide = list(hide)
         self.applied: list[str] = []
         self._created: list[Path] = []
+        self._keys: list[str] = []
         self._mounts: list[str] = []
 
     def _mkdir(self, path: Path) -> None:
@@ -66,6 +69,7 @@ class PrivateNamespace:
         for d in reversed(missing):
             d.mkdir()
             self._created.append(d)
+            self._keys.append(reaper.track("emptydir", path=str(d)))
 
     def __enter__(self) -> "PrivateNamespace":
         try:
@@ -115,3 +119,6 @@ class PrivateNamespace:
             except OSError:
                 pass
         self._created.clear()
+        for key in self._keys:
+            reaper.untrack(key)
+        self._keys.clear()

@@ -86,10 +86,33 @@ def _pidfile_pid(path: str) -> Optional[int]:
     return pid if Path(f"/proc/{pid}").exists() else None
 
 
+_using = None
+
+
+def _use() -> None:
+    """This process uses the daemons: a killed one's record tells `reaper` they may be stopped."""
+    global _using
+    if _using is None:
+        from . import reaper
+        _using = reaper.track("libvirt")
+
+
+def started_by_us() -> bool:
+    s = _state()
+    return bool(s.get("started") or s.get("network_started") or s.get("network_created") or "qemu_conf" in s)
+
+
+def others_use_it() -> bool:
+    """Whether another live diskimages process uses the daemons (then they are not stopped)."""
+    from . import reaper
+    return reaper.libvirt_users() > (1 if _using else 0)
+
+
 def connect(start: bool = True, timeout: float = 90.0):
     """A libvirt connection; starts the daemons (and records that) when none answers and `start` is set.
     Returns (connection, how): how is "running" or "started virtlogd, libvirtd"."""
     libvirt = _libvirt()
+    _use()
     conn = _try_open(libvirt)
     if conn is not None:
         return conn, "libvirtd was running"

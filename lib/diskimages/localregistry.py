@@ -18,6 +18,8 @@ from typing import Optional
 
 import yaml
 
+from . import reaper
+
 
 class LocalRegistry:
     """`with LocalRegistry(storage) as reg: reg.host` -> "127.0.0.1:PORT"."""
@@ -50,13 +52,17 @@ class LocalRegistry:
         exe = shutil.which("docker-registry") or shutil.which("registry")
         if not exe:
             raise RuntimeError("docker-registry is not installed (Debian package docker-registry)")
+        reaper.reap(say=True)
         self.storage.mkdir(parents=True, exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(prefix="diskimages-registry-"))
+        self._tracked = [reaper.track("path", path=str(self._tmp), what="registry configuration")]
         (self._tmp / "config.yml").write_text(yaml.safe_dump(self.config()))
         self.log_path = self._tmp / "registry.log"
         env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
         self.proc = subprocess.Popen([exe, "serve", str(self._tmp / "config.yml")], stdout=open(self.log_path, "wb"),
-                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                     stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                     preexec_fn=reaper.die_with_parent)
+        self._tracked.append(reaper.track_group(self.proc.pid, "docker-registry"))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             text = self.log_path.read_text(errors="replace")
@@ -88,6 +94,9 @@ class LocalRegistry:
                 self.proc.wait()
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
+        for key in getattr(self, "_tracked", []):
+            reaper.untrack(key)
+        self._tracked = []
 
     def serve_forever(self) -> None:
         with self:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from . import reaper
 from .paths import cache_dir
 
 OVMF_CODE = ["/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/ovmf/OVMF.fd"]
@@ -81,13 +82,17 @@ class Machine:
         return cmd
 
     def __enter__(self) -> "Machine":
+        reaper.reap(say=True)
         self.tmp = Path(tempfile.mkdtemp(prefix="diskimages-vm-"))
+        self._tracked = [reaper.track("path", path=str(self.tmp), what="VM folder")]
         try:
             cmd = self.command()
             self.qemu_log = open(self.tmp / "qemu.log", "wb")
             self.t0 = time.monotonic()
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.qemu_log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=reaper.die_with_parent)
+            self._tracked.append(reaper.track_group(self.proc.pid, "qemu-system"))
             self.serial = self._connect(self.tmp / "serial.sock")
             self.serial.setblocking(False)
             self.probe = self._connect(self.tmp / "probe.sock")
@@ -204,6 +209,9 @@ class Machine:
             self.qemu_log.close()
         if self.tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
+        for key in getattr(self, "_tracked", []):
+            reaper.untrack(key)
+        self._tracked = []
 
 
 def _host_key() -> str:

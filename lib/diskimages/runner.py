@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
+from . import reaper
+
 
 class CommandError(RuntimeError):
     def __init__(self, cmd: Sequence[str], code: int, tail: str, log: Optional[Path] = None):
@@ -79,7 +81,8 @@ def run(cmd: Sequence[str], *, log: Optional[Path] = None, on_line: Optional[Cal
             logf.flush()
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, cwd=cwd,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=reaper.die_with_parent)
+        tracked = reaper.track_group(proc.pid, os.path.basename(cmd[0]))
         try:
             if stdin is not None:
                 data = stdin.encode() if isinstance(stdin, str) else stdin
@@ -101,6 +104,7 @@ def run(cmd: Sequence[str], *, log: Optional[Path] = None, on_line: Optional[Cal
             raise
         finally:
             proc.stdout.close()
+            reaper.untrack(tracked)
     finally:
         if logf:
             logf.close()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional
 from xml.sax.saxutils import escape
 
-from . import libvirt_host
+from . import libvirt_host, reaper
 from .paths import cache_dir
 from .qemu import OVMF_CODE, OVMF_VARS, _first
 
@@ -98,6 +98,8 @@ class LibvirtMachine:
     def __enter__(self) -> "LibvirtMachine":
         if self.dir.exists():
             raise RuntimeError(f"a VM named {self.name} already exists ({self.dir}); stop it or pick another name")
+        reaper.reap(say=True)
+        self._tracked = [reaper.track("domain", name=self.name), reaper.track("path", path=str(self.dir))]
         try:
             self.conn, self.daemons = libvirt_host.connect()
             self.started_daemons = self.daemons.startswith("started")
@@ -128,12 +130,14 @@ class LibvirtMachine:
         return self
 
     def __exit__(self, *exc) -> None:
+        for key in getattr(self, "_tracked", []):
+            reaper.untrack(key)      # kept (`vms` lists it, `stop` ends it) or destroyed below
         if self.keep and self.dom is not None and self.alive():
             self._close_streams()
             return
         destroy(self.name, conn=self.conn)
         self._close_streams()
-        if self.started_daemons and not list_vms():
+        if self.started_daemons and not list_vms() and not libvirt_host.others_use_it():
             libvirt_host.stop_started(self.conn)
 
     def _close_streams(self) -> None:
@@ -345,6 +349,6 @@ def stop(name: str) -> list[str]:
     """`diskimages stop NAME`: destroy the VM, remove its copy; stop the daemons we started if it was the last."""
     get_vm(name)
     destroy(name)
-    if not list_vms():
+    if not list_vms() and not libvirt_host.others_use_it():
         return libvirt_host.stop_started()
     return []

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .. import customize, disk
+from .. import customize, disk, reaper
 from ..disk import DiskInfo
 from ..hostfix import PrivateNamespace
 from ..runner import run
@@ -147,10 +147,13 @@ class Debos(DiskTool):
             state.workaround("debos --disable-fakemachine: fakemachine needs a KVM or kernel this host does not give",
                              *ns.applied)
             argv = ["debos", "--disable-fakemachine", f"--artifactdir={out}", "debos.yaml"]
+            # debos attaches the image to a loop device: a kill leaves it attached (the next command detaches it)
+            loop = reaper.track("loop", image=str(out / IMAGE))
             try:
                 run(ns.argv(argv), cwd=where, log=state.log, on_line=state.on_line)
             finally:
                 _detach_loops(out / IMAGE)
+                reaper.untrack(loop)
         os.replace(out / IMAGE, raw)
         return disk.raw_disk_info(raw, state.distro)
 
