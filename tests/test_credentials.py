@@ -2,6 +2,7 @@
 127.0.0.2) record every Authorization header they are sent."""
 import base64
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -123,3 +124,23 @@ def test_plain_http_realm_off_loopback_is_refused_before_any_request(env_creds, 
         assert not registry.authorizations()
     finally:
         registry.close()
+
+
+def test_docker_credential_helpers_answer_for_their_registry_only(env_creds, tmp_path):
+    env_creds.delenv("DISKIMAGES_REGISTRY_USER")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    helper = bin_dir / "docker-credential-fake"
+    # a helper answers for the registry it is asked about (the host on stdin)
+    helper.write_text('#!/bin/sh\nread host\nprintf \'{"ServerURL":"%s","Username":"helper-user","Secret":"%s-pw"}\' '
+                      '"$host" "$host"\n')
+    helper.chmod(0o755)
+    env_creds.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    cfg = tmp_path / "docker"
+    cfg.mkdir()
+    (cfg / "config.json").write_text(json.dumps({"credHelpers": {"registry.example": "fake"}}))
+    env_creds.setenv("DOCKER_CONFIG", str(cfg))
+    assert credentials_for("registry.example") == ("helper-user", "registry.example-pw")
+    assert credentials_for("other.example") is None
+    (cfg / "config.json").write_text(json.dumps({"credsStore": "fake"}))
+    assert credentials_for("other.example") == ("helper-user", "other.example-pw")

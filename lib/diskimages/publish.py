@@ -318,6 +318,11 @@ def mirror(src: str, dst: str, *, plain_http: Optional[bool] = None, progress: b
     return digest
 
 
+def _shown(value, limit: int = 80):
+    """A value a registry sent, safe to print: control characters out, cut to `limit` characters."""
+    return None if value is None else printable(str(value))[:limit]
+
+
 def tags(repo: str, *, plain_http: Optional[bool] = None):
     """The tags of a repository with their artifact annotations, as a pandas DataFrame."""
     import pandas as pd
@@ -328,16 +333,19 @@ def tags(repo: str, *, plain_http: Optional[bool] = None):
         try:
             m, digest = _artifact_manifest(c, Ref(r.registry, r.repository, tag))
         except RegistryError as e:
-            rows.append({"tag": tag, "error": str(e)})
+            rows.append({"tag": tag, "error": printable(str(e))})
             continue
         ann = m.get("annotations") or {}
         layer = disk_layer(m) if m.get("layers") else {}
-        rows.append({"tag": tag, "digest": digest[:19], "artifactType": m.get("artifactType"),
-                     "created": ann.get("org.opencontainers.image.created"),
-                     "recipe": ann.get(ANNOTATION_PREFIX + "recipe"), "tool": ann.get(ANNOTATION_PREFIX + "tool"),
-                     "file": (layer.get("annotations") or {}).get("org.opencontainers.image.title"),
+        if not isinstance(ann, dict):
+            ann = {}
+        rows.append({"tag": tag, "digest": digest[:19], "artifactType": _shown(m.get("artifactType")),
+                     "created": _shown(ann.get("org.opencontainers.image.created")),
+                     "recipe": _shown(ann.get(ANNOTATION_PREFIX + "recipe")),
+                     "tool": _shown(ann.get(ANNOTATION_PREFIX + "tool")),
+                     "file": _shown((layer.get("annotations") or {}).get("org.opencontainers.image.title")),
                      "MB": round(layer.get("size", 0) / (1 << 20), 1),
-                     "build s": ann.get(ANNOTATION_PREFIX + "build-seconds")})
+                     "build s": _shown(ann.get(ANNOTATION_PREFIX + "build-seconds"))})
     return pd.DataFrame(rows)
 
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,16 +88,22 @@ def env_registry() -> Optional[str]:
 def credentials_for(registry: str) -> Optional[tuple[str, str]]:
     """(user, secret) for `registry`, or None (anonymous). Credentials go only to the host they belong to:
     DISKIMAGES_REGISTRY_USER/_PASSWORD (or _TOKEN) only when DISKIMAGES_REGISTRY names this registry, else the
-    entry of this registry in the docker config file ($DOCKER_CONFIG/config.json, ~/.docker/config.json)."""
+    docker config file's answer for this registry ($DOCKER_CONFIG/config.json, ~/.docker/config.json): its
+    credential helper (credHelpers), its own `auths` entry, or the default helper (credsStore)."""
     user = os.environ.get("DISKIMAGES_REGISTRY_USER")
     secret = os.environ.get("DISKIMAGES_REGISTRY_PASSWORD") or os.environ.get("DISKIMAGES_REGISTRY_TOKEN")
     if user and secret and env_registry() == _host_key(registry):
         return user, secret
-    cfg = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
+    cfg_path = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
     try:
-        auths = json.loads(cfg.read_text()).get("auths", {})
+        cfg = json.loads(cfg_path.read_text())
+        auths = cfg.get("auths", {})
     except (OSError, ValueError, AttributeError):
         return None
+    helpers = cfg.get("credHelpers") if isinstance(cfg.get("credHelpers"), dict) else {}
+    helper = next((h for k, h in helpers.items() if _host_key(k) == _host_key(registry)), None)
+    if helper:
+        return _from_helper(helper, registry)
     for key, entry in auths.items() if isinstance(auths, dict) else ():
         if _host_key(key) == _host_key(registry) and isinstance(entry, dict) and entry.get("auth"):
             try:
@@ -104,7 +111,22 @@ def credentials_for(registry: str) -> Optional[tuple[str, str]]:
             except (ValueError, UnicodeDecodeError):
                 return None
             return u, p
-    return None
+    store = cfg.get("credsStore")
+    return _from_helper(store, registry) if store else None
+
+
+def _from_helper(helper: str, registry: str) -> Optional[tuple[str, str]]:
+    """Ask a docker credential helper (`docker-credential-NAME get`) for this registry's credentials."""
+    if not isinstance(helper, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", helper):
+        return None
+    try:
+        out = subprocess.run([f"docker-credential-{helper}", "get"], input=registry, capture_output=True,
+                             text=True, timeout=30)
+        data = json.loads(out.stdout) if out.returncode == 0 else {}
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+    user, secret = data.get("Username"), data.get("Secret")
+    return (user, secret) if isinstance(user, str) and isinstance(secret, str) and secret else None
 
 
 def _missing_credentials_hint(registry: str) -> str:

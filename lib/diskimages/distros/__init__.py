@@ -102,6 +102,10 @@ class Distribution:
     def default(self) -> Release:
         return self.release(self.default_release)
 
+    def supported_locales(self) -> Optional[dict[str, str]]:
+        """{locale: charset} this distribution can generate, or None when it does not say (no check)."""
+        return None
+
     def osinfo_ids(self, release: Release) -> list[str]:
         """libosinfo ids for this release, most specific first (virt-install --osinfo)."""
         return [f"{self.name}{release.version}", "linux2022", "generic"]
@@ -317,6 +321,11 @@ def check(recipe: Recipe, *, field_prefix: str = "") -> Recipe:
         if not pat.fullmatch(p):
             raise RecipeError(src, "packages", f"{p!r} is not a {d.pretty_name} package name "
                                                     f"(allowed: {d.package_name_pattern})")
+    locales = d.supported_locales()
+    if locales is not None and recipe.locale not in ("C", "C.UTF-8", "POSIX") and recipe.locale not in locales:
+        near = sorted(x for x in locales if x.split(".")[0].split("@")[0] == recipe.locale.split(".")[0])[:4]
+        raise RecipeError(src, "locale", f"{recipe.locale!r} is not a {d.pretty_name} locale (allowed: one of its "
+                                         f"supported list, e.g. {', '.join(near) or 'en_US.UTF-8, de_DE.UTF-8'})")
     need = d.desktops[recipe.desktop].min_disk_gib
     if recipe.disk.size_bytes < need << 30:
         raise RecipeError(src, "disk.size", f"{recipe.disk.size} is too small for the {recipe.desktop} "

@@ -72,6 +72,11 @@ class Debian(Distribution):
         "lxqt": DesktopSpec(("lxqt-core", "sddm") + _NM + _X, "sddm", "lxqt", min_disk_gib=3),
     }
 
+    def supported_locales(self) -> dict[str, str]:
+        """Debian's list of supported locales (the `locales` package's SUPPORTED file, shipped here)."""
+        text = (Path(__file__).parent / "debian-locales.txt").read_text()
+        return dict(line.split()[:2] for line in text.splitlines() if len(line.split()) >= 2)
+
     def osinfo_ids(self, release: Release) -> list[str]:
         older = [f"debian{v}" for v in range(int(release.version) - 1, 10, -1)] if release.version.isdigit() else []
         return [f"debian{release.version}", *older, "linux2022", "generic"]
@@ -176,7 +181,7 @@ class Debian(Distribution):
     def locale_step(self, recipe: Recipe) -> str:
         s = ""
         if recipe.locale.split(".")[0] != "C":
-            charset = "UTF-8" if recipe.locale.endswith("UTF-8") else "ISO-8859-1"
+            charset = self.supported_locales().get(recipe.locale, "UTF-8")
             s += write_file("/etc/locale.gen", f"{recipe.locale} {charset}") + "locale-gen\n"
         return s + write_file("/etc/default/locale", f"LANG={recipe.locale}")
 
