@@ -15,7 +15,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from .. import disk, vmbuild
+from .. import disk, reaper, vmbuild
 from ..disk import DiskInfo
 from ..runner import run
 from . import BASE_OPTION, BuildState, DiskTool, shell_command
@@ -78,6 +78,7 @@ class VirtInstall(DiskTool):
         name = f"diskimages-build-{uuid.uuid4().hex[:8]}"
         virt_type = "kvm" if state.accel.kind == "kvm" else "qemu"
         state.workaround(f"--virt-type {virt_type}: {state.accel.reason}")
+        tracked = reaper.track("domain", name=name)      # libvirtd runs it, not us: a kill must not orphan it
         try:
             with vmbuild.SerialWatch(serial, state.on_line) as watch:
                 run(self.argv(state, name, raw, user_data, serial, virt_type,
@@ -85,6 +86,7 @@ class VirtInstall(DiskTool):
                     log=state.log, on_line=state.on_line)
         finally:
             state.libvirt.destroy(name)
+            reaper.untrack(tracked)
             if serial.exists():
                 with open(state.log, "ab") as f:
                     f.write(b"--- build VM serial console ---\n" + serial.read_bytes())
