@@ -4,7 +4,9 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import yaml
 
 from diskimages import compare
@@ -68,3 +70,16 @@ def test_gitlab_child_pipeline_has_a_job_per_pair_and_the_comparison():
     assert {n["job"] for n in child["compare"]["needs"]} == set(builds)
     for job in [*builds.values(), child["compare"], parent["plan"]]:
         _check_commands("\n".join(job["script"]))
+
+
+@pytest.mark.parametrize("notebook", ["build", "compare", "publish", "explore"])
+def test_papermill_sees_every_parameter_with_its_type(notebook):
+    out = subprocess.run([str(Path(sys.executable).parent / "papermill"), "--help-notebook",
+                          str(REPO_DIR / "notebooks" / f"{notebook}.ipynb")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout + out.stderr
+    assert "Unable to parse" not in text and "Unknown type" not in text, text
+    nb = json.loads((REPO_DIR / "notebooks" / f"{notebook}.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    for line in "".join(cell["source"]).splitlines():
+        assert f"  {line.split(':')[0]}: " in text, line

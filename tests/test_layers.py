@@ -166,3 +166,20 @@ def test_render_writes_every_file_of_every_tool(tool, tmp_path, capsys):
     written = capsys.readouterr().out.split()
     files = render("debian-13-xfce", tool)
     assert len(written) == len(files) and all(Path(w).is_file() and Path(w).stat().st_size for w in written)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="build() needs root")
+def test_plugins_by_environment_and_one_progress_line_per_phase(tmp_path):
+    """A user's own module (DISKIMAGES_PLUGINS) reaches the command line; on a non-terminal the progress is one
+    plain line per phase (CI logs), not a redrawn bar."""
+    import subprocess
+    env = {**os.environ, "DISKIMAGES_PLUGINS": "fakeos",
+           "PYTHONPATH": f"{TESTS / 'plugins'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    p = subprocess.run([sys.executable, "-m", "diskimages", "build", str(FAKE_RECIPE), "--tool", "fakedisk",
+                        "-o", str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "\r" not in p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.startswith("fakeos-tiny / fakedisk: ")]
+    assert [line.split(" (")[0] for line in lines[:2]] == ["fakeos-tiny / fakedisk: phase 1/2 build",
+                                                           "fakeos-tiny / fakedisk: phase 2/2 compress"]
+    assert lines[-1].startswith("fakeos-tiny / fakedisk: 2/2 phases done in ")

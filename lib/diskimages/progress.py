@@ -1,11 +1,12 @@
 """Progress of long work: a tqdm bar over the phases (a widget in notebooks, a line on terminals), with the
-tool's latest output line beside it."""
+tool's latest output line beside it; on a non-terminal (CI logs), one plain line per phase."""
 from __future__ import annotations
 
 import contextlib
 import sys
 import time
 from typing import Callable, Iterator, Optional, Sequence
+
 
 def tqdm_class():
     """The notebook widget bar inside Jupyter, the terminal bar elsewhere. (tqdm.auto would import IPython and
@@ -23,11 +24,15 @@ class Progress:
 
     def __init__(self, phases: Sequence[str], enabled: bool = True, title: str = "",
                  listener: Optional[Callable[[dict], None]] = None):
-        self.enabled = enabled
         self.listener = listener
         self.total, self.done = len(phases), 0
-        self.bar = tqdm_class()(total=len(phases), desc=title, unit="phase", disable=not enabled, file=sys.stderr,
-                        bar_format="{desc}: {n_fmt}/{total_fmt} phases [{elapsed}] {postfix}")
+        self.title = title
+        # on a terminal or in a notebook: a live bar; elsewhere (CI logs): one plain line per phase
+        self.plain = enabled and not sys.stderr.isatty() and "ipykernel" not in sys.modules
+        self.enabled = enabled and not self.plain
+        self.bar = tqdm_class()(total=len(phases), desc=title, unit="phase", disable=not self.enabled,
+                                file=sys.stderr, bar_format="{desc}: {n_fmt}/{total_fmt} phases [{elapsed}] {postfix}")
+        self._t0 = time.monotonic()
         self._last = 0.0
         self._phase = ""
 
@@ -35,6 +40,9 @@ class Progress:
     def phase(self, name: str) -> Iterator[None]:
         self._phase = name
         self.bar.set_postfix_str(name, refresh=True)
+        if self.plain:
+            print(f"{self.title}: phase {self.done + 1}/{self.total} {name} "
+                  f"(at {time.monotonic() - self._t0:.0f} s)", file=sys.stderr, flush=True)
         self._tell("")
         yield
         self.bar.update(1)
@@ -54,3 +62,6 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+        if self.plain:
+            print(f"{self.title}: {self.done}/{self.total} phases done in {time.monotonic() - self._t0:.0f} s",
+                  file=sys.stderr, flush=True)

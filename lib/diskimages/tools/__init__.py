@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import pkgutil
 import re
 import shutil
@@ -299,9 +300,12 @@ def _field_is_set(recipe: Recipe, fld: str) -> bool:
     return value != default and value not in (None, "", [], {})
 
 
-# -- the registry: every module of this package, plus any subclass defined elsewhere (imported before use)
+# -- the registry: every module of this package, plus any subclass defined elsewhere: imported before use, or
+# named in DISKIMAGES_PLUGINS (comma-separated module names: a distribution or a tool of your own, no edit here)
 for _m in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_m.name}")
+for _plugin in filter(None, (p.strip() for p in os.environ.get("DISKIMAGES_PLUGINS", "").split(","))):
+    importlib.import_module(_plugin)
 
 
 def names() -> list[str]:
