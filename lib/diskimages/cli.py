@@ -21,8 +21,16 @@ def _cmd_recipes(args) -> int:
                          "disk": r.disk.size, "firmware": r.disk.firmware, "description": r.description})
         except RecipeError as e:
             rows.append({"recipe": name, "description": f"INVALID: {e}"})
-    print(pd.DataFrame(rows).to_string(index=False))
+    _show(pd.DataFrame(rows), args)
     return 0
+
+
+def _show(df, args, empty: str = "") -> None:
+    """A table on the terminal, or with --json a JSON list of rows (for scripts)."""
+    if getattr(args, "json", False):
+        print(df.to_json(orient="records"))
+    else:
+        print(df.to_string(index=False) if len(df) else empty)
 
 
 def _cmd_validate(args) -> int:
@@ -35,6 +43,10 @@ def _cmd_validate(args) -> int:
 
 def _cmd_tools(args) -> int:
     from .tools import support_table, tool_table
+    if args.json:
+        table = support_table()
+        print(tool_table().merge(table.drop(columns=["version", "produces"]), on="tool").to_json(orient="records"))
+        return 0
     print(tool_table().to_string(index=False))
     print("\nWhich distribution releases each tool builds (amd64):\n")
     table = support_table()
@@ -105,8 +117,7 @@ def _cmd_vms(args) -> int:
     import pandas as pd
     from .vm import list_vms
     rows = [{k: v.get(k) for k in ("name", "state", "ip", "vnc", "image")} for v in list_vms()]
-    print(pd.DataFrame(rows, columns=["name", "state", "ip", "vnc", "image"]).to_string(index=False)
-          if rows else "no VMs started by diskimages")
+    _show(pd.DataFrame(rows, columns=["name", "state", "ip", "vnc", "image"]), args, "no VMs started by diskimages")
     return 0
 
 
@@ -219,7 +230,7 @@ def _cmd_tags(args) -> int:
     from .publish import registry_for, tags
     with registry_for(args.repo, args.storage) as repo:
         df = tags(repo, plain_http=args.plain_http or None)
-    print(df.to_string(index=False) if len(df) else "no tags")
+    _show(df, args, "no tags")
     return 0
 
 
@@ -245,14 +256,18 @@ def _add_boot_opts(p) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from . import __version__
     ap = argparse.ArgumentParser(prog="diskimages", description=__doc__)
+    ap.add_argument("--version", action="version", version=f"diskimages {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("recipes", help="list the recipes under recipes/")
+    p.add_argument("--json", action="store_true", help="JSON rows instead of a table")
     p.set_defaults(func=_cmd_recipes)
     p = sub.add_parser("validate", help="check recipe files; errors name the file, the field and what is allowed")
     p.add_argument("recipe", nargs="+", help="recipe name or YAML file")
     p.set_defaults(func=_cmd_validate)
-    p = sub.add_parser("tools", help="the build tools, installed or not, with versions")
+    p = sub.add_parser("tools", help="the build tools, installed or not, with versions and what each builds")
+    p.add_argument("--json", action="store_true", help="JSON rows instead of a table")
     p.set_defaults(func=_cmd_tools)
     p = sub.add_parser("render", help="print (or write) the native config/command a tool runs for a recipe")
     p.add_argument("recipe")
@@ -282,6 +297,7 @@ def parser() -> argparse.ArgumentParser:
                                   "loop devices, work folders; qemu.conf restored)")
     p.set_defaults(func=_cmd_gc)
     p = sub.add_parser("vms", help="the VMs diskimages started and left running")
+    p.add_argument("--json", action="store_true", help="JSON rows instead of a table")
     p.set_defaults(func=_cmd_vms)
     p = sub.add_parser("ssh", help="ssh into a kept VM as root; with -- COMMAND, run it and exit with its status")
     p.add_argument("name")
@@ -330,6 +346,7 @@ def parser() -> argparse.ArgumentParser:
     _add_registry_opts(p)
     p.set_defaults(func=_cmd_mirror)
     p = sub.add_parser("tags", help="a repository's tags with their annotations")
+    p.add_argument("--json", action="store_true", help="JSON rows instead of a table")
     p.add_argument("repo")
     _add_registry_opts(p)
     p.set_defaults(func=_cmd_tags)

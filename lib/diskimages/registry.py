@@ -42,6 +42,10 @@ class RegistryError(RuntimeError):
     """A registry operation failed; the message is one line that says what and why."""
 
 
+class BadReference(RegistryError, ValueError):
+    """A registry reference that is not one (bad input: the command exits 2)."""
+
+
 @dataclass(frozen=True)
 class Ref:
     registry: str
@@ -54,7 +58,7 @@ class Ref:
         m = re.match(r"^(?P<reg>[^/]+)/(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*)(?::(?P<tag>[\w][\w.-]{0,127}))?"
                      r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$", ref)
         if not m or not ("." in m["reg"] or ":" in m["reg"] or m["reg"] == "localhost"):
-            raise RegistryError(f"{ref!r} is not a reference (expected HOST[:PORT]/REPOSITORY[:TAG][@sha256:...], "
+            raise BadReference(f"{printable(ref)[:200]!r} is not a reference (expected HOST[:PORT]/REPOSITORY[:TAG][@sha256:...], "
                                 "e.g. ghcr.io/owner/image:tag)")
         return cls(m["reg"], m["repo"], m["tag"], m["digest"])
 
