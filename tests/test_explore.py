@@ -102,3 +102,17 @@ def test_explore_notebook_runs_headless(tmp_path):
     assert widgets, "the explorer's widget is displayed"
     text = "\n".join(outputs(nb))
     assert "mkosi.extra/" in text and "native" in text     # the coverage table for mkosi
+
+
+def test_every_error_is_shown_at_once_next_to_its_field(ex):
+    ex.packages_w.value = "Bad Name"
+    ex.size_w.value = "lots"
+    assert "Bad Name" in ex.errors["packages"].value and "not a size" in ex.errors["disk"].value
+    assert ex.build_b.disabled
+
+
+def test_the_coverage_table_follows_the_chosen_tool(ex):
+    ex.tool_w.value = "mkosi"
+    assert ex.coverage.set_index("field").loc["packages", "setting"] == "Packages="
+    ex.tool_w.value = "debos"
+    assert ex.coverage.set_index("field").loc["packages", "setting"] == "apt action"

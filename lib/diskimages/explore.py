@@ -47,6 +47,7 @@ class Explorer:
         self.progress = W.IntProgress(min=0, max=1, description="phases")
         self.log = W.Textarea(layout=W.Layout(width="100%", height="14em"), disabled=True)
         self.result_out = W.Output()
+        self.coverage_out = W.Output()
         self.ref_w = W.Text(description="push to", placeholder="HOST/REPO:TAG, or REPO:TAG (embedded registry)")
         self.publish_b = W.Button(description="Publish", icon="upload", disabled=True)
         self.publish_out = W.HTML()
@@ -56,6 +57,7 @@ class Explorer:
                   self.compression_w):
             w.observe(lambda change: self.validate(), names="value")
         self.recipe_w.observe(self._on_recipe, names="value")
+        self.tool_w.observe(lambda change: self.validate(), names="value")
         self.build_b.on_click(lambda b: self.start_build())
         self.publish_b.on_click(lambda b: self.publish())
         self.validate()
@@ -104,18 +106,32 @@ class Explorer:
         try:
             recipe = check_recipe(recipe_from_data(self.data(), self.base.source))
         except RecipeError as err:
-            head = err.field.split(".")[0]
-            target = self.errors.get(head)
-            msg = f"<span style='color:#b00'>&#9888; {err.field}: {_html(err.message)}</span>"
-            if target is not None:
-                target.value = msg
-            else:
-                self.status.value = msg
+            # every error at once, each next to the field it names (the rest under the form)
+            self.status.value = ""
+            for field, message in err.errors:
+                target = self.errors.get(field.split(".")[0])
+                msg = f"<span style='color:#b00'>&#9888; {field}: {_html(message)}</span>"
+                if target is not None:
+                    target.value += msg
+                else:
+                    self.status.value += msg
             self.build_b.disabled = True
+            self._show_coverage(None)
             return None
         self.status.value = ""
         self.build_b.disabled = self.thread is not None and self.thread.is_alive()
+        self._show_coverage(recipe)
         return recipe
+
+    def _show_coverage(self, recipe) -> None:
+        """How the chosen tool carries out each field of the edited recipe (follows the tool and the edits)."""
+        self.coverage_out.clear_output()
+        self.coverage = get_tool(self.tool_w.value).coverage(recipe) \
+            if recipe is not None and self.tool_w.value else None
+        if self.coverage is not None:
+            with self.coverage_out:
+                from IPython.display import display
+                display(self.coverage)
 
     def build_request(self) -> dict[str, Any]:
         """What a click on Build runs: build.build(**request)."""
@@ -195,7 +211,8 @@ class Explorer:
                        row(self.packages_w, "packages"), row(self.users_w, "users"),
                        row(self.autologin_w, "autologin"), row(self.size_w, "disk"),
                        row(self.compression_w, "output"), self.status, W.HBox([self.build_b, self.progress])])
-        return W.VBox([form, self.log, self.result_out, W.HBox([self.ref_w, self.publish_b]), self.publish_out])
+        return W.VBox([form, self.log, self.result_out, W.HBox([self.ref_w, self.publish_b]), self.publish_out,
+                       W.HTML("<b>How the chosen tool carries out each field</b>"), self.coverage_out])
 
 
 def _html(text: str) -> str:

@@ -33,6 +33,7 @@ class RecipeError(ValueError):
 
     def __init__(self, file: str | os.PathLike | None, field: str, message: str):
         self.file, self.field, self.message = str(file) if file else "<recipe>", field, message
+        self.errors = [(field, message)]
         super().__init__(f"{self.file}: {field}: {message}" if field else f"{self.file}: {message}")
 
 
@@ -366,7 +367,9 @@ def recipe_from_data(data: Any, source: Path | None = None) -> Recipe:
         field, msg = errs[0]
         if len(errs) > 1:
             msg += "; also " + "; ".join(f"{f}: {m}" for f, m in errs[1:])
-        raise RecipeError(source, field, msg) from None
+        error = RecipeError(source, field, msg)
+        error.errors = errs          # every (field, message), for a form that shows each next to its field
+        raise error from None
     _check_paths(recipe)
     return recipe
 
