@@ -220,12 +220,14 @@ def _services(tool: Tool, state: BuildState):
         return
     from . import libvirt_host
     from .vm import list_vms
+    use = libvirt_host.using()
     conn, how = libvirt_host.connect()
     try:
         network, _ = libvirt_host.ensure_network(conn)
         state.libvirt = libvirt_host.Session(conn, network)
         yield
     finally:
+        libvirt_host.release(use)
         if how.startswith("started") and not list_vms() and not libvirt_host.others_use_it():
             libvirt_host.stop_started(conn)
 

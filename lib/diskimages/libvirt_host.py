@@ -86,15 +86,16 @@ def _pidfile_pid(path: str) -> Optional[int]:
     return pid if Path(f"/proc/{pid}").exists() else None
 
 
-_using = None
+def using() -> str:
+    """Record that this process uses the daemons (until `release`): a live user keeps them running, and a
+    killed one's record tells `reaper` that they may be stopped."""
+    from . import reaper
+    return reaper.track("libvirt")
 
 
-def _use() -> None:
-    """This process uses the daemons: a killed one's record tells `reaper` they may be stopped."""
-    global _using
-    if _using is None:
-        from . import reaper
-        _using = reaper.track("libvirt")
+def release(key: str) -> None:
+    from . import reaper
+    reaper.untrack(key)
 
 
 def started_by_us() -> bool:
@@ -103,16 +104,16 @@ def started_by_us() -> bool:
 
 
 def others_use_it() -> bool:
-    """Whether another live diskimages process uses the daemons (then they are not stopped)."""
+    """Whether a live diskimages process (other than a caller that has released its use) uses the daemons:
+    then they are not stopped."""
     from . import reaper
-    return reaper.libvirt_users() > (1 if _using else 0)
+    return reaper.libvirt_users() > 0
 
 
 def connect(start: bool = True, timeout: float = 90.0):
     """A libvirt connection; starts the daemons (and records that) when none answers and `start` is set.
     Returns (connection, how): how is "running" or "started virtlogd, libvirtd"."""
     libvirt = _libvirt()
-    _use()
     conn = _try_open(libvirt)
     if conn is not None:
         return conn, "libvirtd was running"

@@ -99,7 +99,8 @@ class LibvirtMachine:
         if self.dir.exists():
             raise RuntimeError(f"a VM named {self.name} already exists ({self.dir}); stop it or pick another name")
         reaper.reap(say=True)
-        self._tracked = [reaper.track("domain", name=self.name), reaper.track("path", path=str(self.dir))]
+        self._tracked = [reaper.track("domain", name=self.name), reaper.track("path", path=str(self.dir)),
+                         libvirt_host.using()]
         try:
             self.conn, self.daemons = libvirt_host.connect()
             self.started_daemons = self.daemons.startswith("started")
