@@ -36,20 +36,21 @@ _entries: dict[str, dict] = {}
 _counter = 0
 
 
-def _start_time(pid: int) -> Optional[int]:
+def _stat(pid: int, field: int) -> Optional[int]:
+    """A numeric field of /proc/PID/stat, counted after the command name (3: session, 19: start time)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    return int(stat.rsplit(")", 1)[1].split()[field])
+
+
+def _start_time(pid: int) -> Optional[int]:
+    return _stat(pid, 19)
 
 
 def _session(pid: int) -> Optional[int]:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[3])
+    return _stat(pid, 3)
 
 
 def _state_dir() -> Path:
