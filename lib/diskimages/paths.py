@@ -8,12 +8,31 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent.parent  # lib/diskimages -> repo root (editable install from a checkout)
 
 
+def _shipped(name: str) -> Path:
+    """A folder shipped with the project: the checkout's own (an editable install), else the copy an installed
+    wheel put under share/diskimages/ (found through the installed files, wherever the prefix is)."""
+    if (REPO_DIR / name).is_dir() and (REPO_DIR / "pyproject.toml").is_file():
+        return REPO_DIR / name
+    from importlib import metadata
+    try:
+        dist = metadata.distribution("diskimages")
+    except metadata.PackageNotFoundError:
+        return REPO_DIR / name
+    marker = f"share/diskimages/{name}/"
+    for f in dist.files or []:
+        text = str(f).replace("\\", "/")
+        if marker in text:
+            path = Path(dist.locate_file(f)).resolve()
+            return Path(str(path)[:str(path).index(marker.rstrip("/")) + len(marker) - 1])
+    return REPO_DIR / name
+
+
 def recipes_dir() -> Path:
-    return Path(os.environ.get("DISKIMAGES_RECIPES") or REPO_DIR / "recipes")
+    return Path(os.environ.get("DISKIMAGES_RECIPES") or _shipped("recipes"))
 
 
 def notebooks_dir() -> Path:
-    return REPO_DIR / "notebooks"
+    return _shipped("notebooks")
 
 
 def cache_dir(*parts: str) -> Path:
