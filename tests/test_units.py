@@ -103,3 +103,12 @@ def test_boot_milestones_tell_grub_from_systemd():
     assert not re.search(pats["systemd"], b"Welcome to GRUB!")
     assert re.search(pats["systemd"], b"\x1b[0mWelcome to \x1b[1mDebian GNU/Linux 12 (bookworm)\x1b[0m!")
     assert re.search(pats["login"], b"debian-minimal login: ")
+
+
+def test_a_tcg_int3_oops_is_recognised(tmp_path):
+    from diskimages.boot import _tcg_int3_oops
+    log = tmp_path / "serial.log"
+    log.write_bytes(b"[    8.472006] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n[    8.473973] Kernel panic - not syncing\n")
+    assert _tcg_int3_oops(log)
+    log.write_bytes(b"[    2.1] Kernel panic - not syncing: VFS: Unable to mount root fs\n")
+    assert not _tcg_int3_oops(log) and not _tcg_int3_oops(tmp_path / "missing")
