@@ -59,6 +59,14 @@ def baseline(rev: str, recipe: Path, out: Path, warm: bool) -> Path:
     return dest
 
 
+def _as_round(record: Path, run: int) -> None:
+    """Keep each round's record: TOOL becomes "TOOL round N" (its own row in the table)."""
+    rec = json.loads(record.read_text())
+    rec["tool"] = f"{rec['tool']} round {run}"
+    record.with_name(record.name.replace(".json", f".round{run}.json")).write_text(json.dumps(rec, indent=2))
+    record.unlink()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", action="append", help="recipes to build, as NAME or NAME:TOOL,TOOL "
@@ -70,6 +78,8 @@ def main() -> int:
     ap.add_argument("--uefi", action="append", default=[], metavar="RECIPE",
                     help="also boot this recipe's images with UEFI firmware (BIOS is the table's boot)")
     ap.add_argument("--no-warmup", action="store_true", help="do not fill the tools' package caches first")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="build every tool (and the baseline) N times, interleaved; boots only the first round")
     args = ap.parse_args()
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -85,26 +95,35 @@ def main() -> int:
                 print(f"skipped {name} for {recipe.name}: {reason}", file=sys.stderr)
             else:
                 tools.append(name)
-        for name in tools:
-            if not args.no_warmup and name in CACHED:
-                print(f"warming {name}'s package cache for {recipe.name} (not measured)", file=sys.stderr)
-                build(recipe, name, warm_dir / name, progress=False)
-            print(f"building {recipe.name} with {name}", file=sys.stderr)
-            try:
-                res = build(recipe, name, out, progress=sys.stderr.isatty())
-            except Exception as e:      # a failed tool is a row, not the end of the benchmark
-                print(f"{name} failed: {e}", file=sys.stderr)
-                continue
-            if not args.no_boot:
-                attach_boot(res, boot_check(res.image, res.record, screenshot_dir=out))
-                if recipe.name in args.uefi:
-                    u = boot_check(res.image, res.record, firmware="uefi", screenshot_dir=out / "uefi")
-                    uefi_rows.append({"recipe": recipe.name, "tool": name, "uefi boot ok": u.passed,
-                                      "desktop s": u.milestones.get("desktop", u.milestones.get("login")),
-                                      "reason": u.reason})
-        if args.baseline:
-            print(f"building {recipe.name} with mmdebstrap at {args.baseline}", file=sys.stderr)
-            baseline(args.baseline, recipe.source, out, warm=not args.no_warmup)
+        if not args.no_warmup:
+            for name in tools:
+                if name in CACHED:
+                    print(f"warming {name}'s package cache for {recipe.name} (not measured)", file=sys.stderr)
+                    build(recipe, name, warm_dir / name, progress=False)
+        for run in range(1, args.repeat + 1):
+            # interleaved: every tool (and the baseline) once per round, so drift hits them alike
+            for name in tools:
+                print(f"building {recipe.name} with {name}" + (f" (round {run})" if args.repeat > 1 else ""),
+                      file=sys.stderr)
+                try:
+                    res = build(recipe, name, out, progress=sys.stderr.isatty())
+                except Exception as e:      # a failed tool is a row, not the end of the benchmark
+                    print(f"{name} failed: {e}", file=sys.stderr)
+                    continue
+                if not args.no_boot and run == 1:
+                    attach_boot(res, boot_check(res.image, res.record, screenshot_dir=out))
+                    if recipe.name in args.uefi:
+                        u = boot_check(res.image, res.record, firmware="uefi", screenshot_dir=out / "uefi")
+                        uefi_rows.append({"recipe": recipe.name, "tool": name, "uefi boot ok": u.passed,
+                                          "desktop s": u.milestones.get("desktop", u.milestones.get("login")),
+                                          "reason": u.reason})
+                if args.repeat > 1:
+                    _as_round(res.record_path, run)
+            if args.baseline:
+                print(f"building {recipe.name} with mmdebstrap at {args.baseline}", file=sys.stderr)
+                rec = baseline(args.baseline, recipe.source, out, warm=not args.no_warmup and run == 1)
+                if args.repeat > 1:
+                    _as_round(rec, run)
     df = compare.load(out)
     for rname in dict.fromkeys(df["recipe"]):
         table = compare.table(df, rname)
