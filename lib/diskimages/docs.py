@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import html
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
+from . import reaper
 from .paths import notebooks_dir
 
 PAGES = [
@@ -47,9 +47,8 @@ def build_site(out: Path | str, results: Path | str, *, build_recipe: Optional[s
 
     out, results = Path(out).resolve(), Path(results).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="diskimages-docs-"))
     status = {}
-    try:
+    with reaper.temp_dir("diskimages-docs-") as work:
         executed = {}
         executed["compare"] = _execute("compare", work / "compare.ipynb",
                                        {"recipes": [], "tools": [], "output_dir": str(results),
@@ -85,8 +84,6 @@ def build_site(out: Path | str, results: Path | str, *, build_recipe: Optional[s
         index = out / "index.html"
         index.write_text(_landing(status))
         return index
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _landing(status: dict) -> str:

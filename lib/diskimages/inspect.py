@@ -2,11 +2,10 @@
 file and its root ext4 is read with debugfs at the partition's offset (works on every host, no loop devices)."""
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
+from . import reaper
 from .disk import root_partition_offset
 
 
@@ -17,19 +16,20 @@ class ImageReader:
         self.image = Path(image)
 
     def __enter__(self) -> "ImageReader":
-        self.tmp = Path(tempfile.mkdtemp(prefix="diskimages-inspect-"))
+        self._tmp = reaper.temp_dir("diskimages-inspect-")
+        self.tmp = self._tmp.__enter__()
         try:
             self.raw = self.tmp / "disk.raw"
             subprocess.run(["qemu-img", "convert", "-O", "raw", str(self.image), str(self.raw)], check=True,
                            capture_output=True)
             self.offset = root_partition_offset(self.raw)
         except BaseException:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self._tmp.__exit__(None, None, None)
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._tmp.__exit__(None, None, None)
 
     def debugfs(self, request: str) -> str:
         r = subprocess.run(["debugfs", "-R", request, f"{self.raw}?offset={self.offset}"], capture_output=True)

@@ -17,6 +17,7 @@ command.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -24,9 +25,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from .paths import cache_dir
 
@@ -88,6 +90,18 @@ def untrack(key: Optional[str]) -> None:
     with _lock:
         _entries.pop(key, None)
         _save()
+
+
+@contextlib.contextmanager
+def temp_dir(prefix: str) -> Iterator[Path]:
+    """A temporary folder that is removed when the block ends, and by the next command if this one is killed."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    key = track("path", path=str(path), what="temporary folder")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        untrack(key)
 
 
 def track_group(pid: int, what: str) -> str:

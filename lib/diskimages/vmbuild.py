@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from . import customize, disk, distros
+from . import customize, disk, distros, reaper
 from .paths import cache_dir
 from .recipe import Recipe
 OK_MARK = "DISKIMAGES-VM-BUILD-OK"
@@ -240,14 +239,11 @@ def run_guestfs(state, argv: list, hide: Sequence[str] = ()) -> None:
     from .runner import run
     env, applied, make_dirs = guestfs_env(state, state.log)
     # libguestfs puts its sockets in TMPDIR: a short one (a unix socket path has at most 107 bytes)
-    tmp = Path(tempfile.mkdtemp(prefix="diskimages-gfs-"))
-    env["TMPDIR"] = str(tmp)
-    try:
+    with reaper.temp_dir("diskimages-gfs-") as tmp:
+        env["TMPDIR"] = str(tmp)
         with PrivateNamespace(state.work / f"hostfix-{Path(argv[0]).name}", hide=hide, make_dirs=make_dirs) as ns:
             run(ns.argv(argv), env=env, log=state.log, on_line=state.on_line)
             state.workaround(*applied, *ns.applied)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def sparsify(state, raw: Path) -> None:

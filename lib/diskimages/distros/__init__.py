@@ -206,7 +206,7 @@ class Distribution:
         return f"ln -sf {q('../usr/share/zoneinfo/' + recipe.timezone)} /etc/localtime\n"
 
     def keyboard_step(self, recipe: Recipe) -> str:
-        layout, variant = _layout(recipe.keyboard)
+        layout, variant = keyboard_layout(recipe.keyboard)
         return (write_file("/etc/vconsole.conf", f"KEYMAP={layout}") +
                 write_file("/etc/X11/xorg.conf.d/00-keyboard.conf",
                            'Section "InputClass"\n  Identifier "system-keyboard"\n  MatchIsKeyboard "on"\n'
@@ -241,7 +241,8 @@ class Distribution:
         return None
 
 
-def _layout(keyboard: str) -> tuple[str, str]:
+def keyboard_layout(keyboard: str) -> tuple[str, str]:
+    """'de(nodeadkeys)' -> ('de', 'nodeadkeys')."""
     layout, _, variant = keyboard.partition("(")
     return layout, variant.rstrip(")")
 
@@ -281,15 +282,20 @@ def for_recipe(recipe: Recipe) -> tuple[Distribution, Release]:
     return d, d.release(recipe.release)
 
 
-def host(root: Path = Path("/")) -> Optional[Distribution]:
-    """The distribution the build host runs, when this project knows it (for its own package versions)."""
+def os_release_id(root: Path = Path("/")) -> str:
+    """The ID= of a system's /etc/os-release ("" when there is none)."""
     try:
         text = (root / "etc/os-release").read_text()
     except OSError:
-        return None
+        return ""
     m = re.search(r"^ID=\"?([^\"\n]+)", text, re.M)
+    return m.group(1) if m else ""
+
+
+def host(root: Path = Path("/")) -> Optional[Distribution]:
+    """The distribution the build host runs, when this project knows it (for its own package versions)."""
     try:
-        return get(m.group(1)) if m else None
+        return get(os_release_id(root))
     except KeyError:
         return None
 

@@ -15,7 +15,7 @@ from typing import ClassVar, Iterator, Optional
 
 from ..recipe import Recipe
 from ..shell import q, write_file
-from . import DesktopSpec, Distribution, Release
+from . import DesktopSpec, Distribution, Release, keyboard_layout, os_release_id
 from .sources import MirrorChoice
 
 _X = ("xserver-xorg-core", "xserver-xorg-input-libinput", "xserver-xorg-video-qxl", "xserver-xorg-video-fbdev",
@@ -86,7 +86,7 @@ class Debian(Distribution):
         param = parameter or os.environ.get("DISKIMAGES_MIRROR") or None
         if param:
             return MirrorChoice(param.rstrip("/"), None, "parameter")
-        if _os_id(root) != self.name:
+        if os_release_id(root) != self.name:
             return MirrorChoice(None, None, "tool default")
         main = security = None
         for s in host_apt_sources(root):
@@ -190,10 +190,9 @@ class Debian(Distribution):
                 + write_file("/etc/timezone", recipe.timezone))
 
     def keyboard_step(self, recipe: Recipe) -> str:
-        layout, _, variant = recipe.keyboard.partition("(")
+        layout, variant = keyboard_layout(recipe.keyboard)
         return write_file("/etc/default/keyboard", f'XKBMODEL="pc105"\nXKBLAYOUT="{layout}"\n'
-                                                   f'XKBVARIANT="{variant.rstrip(")")}"\nXKBOPTIONS=""\n'
-                                                   'BACKSPACE="guess"')
+                                                   f'XKBVARIANT="{variant}"\nXKBOPTIONS=""\nBACKSPACE="guess"')
 
     def cleanup_step(self) -> str:
         return ("apt-get clean\n"
@@ -204,15 +203,6 @@ class Debian(Distribution):
     def host_package_version(self, package: str) -> Optional[str]:
         out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package], capture_output=True, text=True)
         return out.stdout.split("-")[0] if out.returncode == 0 and out.stdout else None
-
-
-def _os_id(root: Path) -> str:
-    try:
-        text = (root / "etc/os-release").read_text()
-    except OSError:
-        return ""
-    m = re.search(r"^ID=\"?([^\"\n]+)", text, re.M)
-    return m.group(1) if m else ""
 
 
 def _parse_deb822(text: str) -> list[AptSource]:

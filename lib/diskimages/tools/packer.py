@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
-from .. import disk, measure, vmbuild
+from .. import disk, measure, reaper, vmbuild
 from ..disk import DiskInfo
 from ..runner import run
 from . import BASE_OPTION, BuildState, DiskTool
@@ -180,15 +178,13 @@ build {{
         state.workaround(f"accelerator = {'kvm' if kvm else 'tcg'}: {state.accel.reason}")
         tpl = self.write_config(state, work, base, "kvm" if kvm else "tcg")
         # Packer's plugin sockets live in TMPDIR: a short one (a unix socket path has at most 107 bytes)
-        tmp = Path(tempfile.mkdtemp(prefix="diskimages-packer-"))
-        env = {"PACKER_CACHE_DIR": str(work / "cache"), "CHECKPOINT_DISABLE": "1", "PACKER_NO_COLOR": "1",
-               "TMPDIR": str(tmp)}
-        with vmbuild.SerialWatch(work / "serial.log", state.on_line):
+        with reaper.temp_dir("diskimages-packer-") as tmp, vmbuild.SerialWatch(work / "serial.log", state.on_line):
+            env = {"PACKER_CACHE_DIR": str(work / "cache"), "CHECKPOINT_DISABLE": "1", "PACKER_NO_COLOR": "1",
+                   "TMPDIR": str(tmp)}
             try:
                 run(["packer", "build", "-color=false", "-on-error=cleanup", str(tpl)], cwd=work, env=env,
                     log=state.log, on_line=state.on_line)
             finally:
-                shutil.rmtree(tmp, ignore_errors=True)
                 serial = work / "serial.log"
                 if serial.exists():
                     with open(state.log, "ab") as f:
