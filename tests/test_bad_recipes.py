@@ -32,8 +32,8 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
 
 # (id, recipe data or raw text, field named, words the message must contain)
 BAD = [
-    ("desktop", v(desktop="cinnamon"), "desktop", ["'cinnamon' is not allowed", "'xfce'"]),
-    ("distro", v(distro="gentoo"), "distro", ["'gentoo' is not allowed", "allowed: debian"]),
+    ("desktop", v(desktop="cinnamon"), "desktop", ["'cinnamon' is not a Debian desktop", "allowed: none, xfce"]),
+    ("distro", v(distro="gentoo"), "distro", ["'gentoo' is not allowed", "allowed: arch, debian, fedora, ubuntu"]),
     ("unknown-field", v(colour="blue"), "colour", ["unknown field", "allowed:"]),
     ("release-missing", v(release=None), "release", ["is required"]),
     ("plain-password", v(users=[{"name": "user", "password": "x"}], autologin=None), "users.0.password",

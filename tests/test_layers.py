@@ -59,13 +59,15 @@ def _imports(path: Path) -> set[str]:
 
 # layer -> the modules no file of that layer may import
 ABOVE_TOOLS = {"build", "boot", "vm", "libvirt_host", "qemu", "probe", "inspect", "publish", "registry",
-               "localregistry", "compare", "docs", "explore", "cli"}
+               "localregistry", "compare", "docs", "explore", "cli", "preflight"}
 RULES = {
     "recipe.py": {"distros", "tools", "customize", "disk", "vmbuild"} | ABOVE_TOOLS,
     "distros": {"tools", "customize", "disk", "vmbuild", "chroot"} | ABOVE_TOOLS,
     "customize.py": {"tools"} | ABOVE_TOOLS,
     "disk.py": {"tools"} | ABOVE_TOOLS,
     "vmbuild.py": {"tools"} | ABOVE_TOOLS,
+    "checkers.py": {"distros", "tools", "customize", "disk", "vmbuild"} | ABOVE_TOOLS,
+    "preflight.py": {"compare", "docs", "explore", "cli"},
     "tools": ABOVE_TOOLS,
     "build.py": {"compare", "docs", "explore", "cli"},
 }
@@ -94,8 +96,10 @@ def test_tools_command_shows_support_per_distribution_and_release(capsys):
     assert cli_main(["tools"]) == 0
     out = capsys.readouterr().out
     assert "debian 12" in out and "debian 13" in out
-    assert re.search(r"oz:\n  debian 12 +no: ", out)
-    assert re.search(r"mmdebstrap:\n  debian 12 +yes\n  debian 13 +yes", out)
+    assert re.search(r"oz:\n  arch rolling +no: .*\n  debian 12 +no: ", out)
+    assert re.search(r"mmdebstrap:\n  arch rolling +no: .*\n  debian 12 +yes\n  debian 13 +yes\n  fedora 44 +no: .*\n"
+                     r"  fedora 45 +no: .*\n  ubuntu 24.04 +yes\n  ubuntu 26.04 +yes", out)
+    assert re.search(r"ubuntu-image:\n(  .*\n)*  ubuntu 24.04 +yes", out)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="build() needs root")

@@ -16,20 +16,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from . import customize, disk, measure, reaper
+from . import customize, disk, distros, measure, reaper
 from .chroot import mounts_under
 from .progress import Progress
 from .recipe import Recipe, RecipeError
 from .runner import signals_as_exceptions
-from .tools import (Accel, BaseImage, BuildState, Tool, ToolUnavailable, get_tool, load_checked, new_state)
+from .tools import (Accel, BaseImage, BuildState, Tool, ToolUnavailable, get_tool, load_checked, new_state,
+                    refuse)
 
 COMPRESS = "compress"
 BASE_TOOL = "mmdebstrap"     # the native builder makes the VM builders' cloud base image
 
 
-def phases_of(tool: Tool) -> tuple[str, ...]:
-    """The phases a build with this tool goes through."""
-    return tool.phases() + (COMPRESS,)
+def phases_of(tool: Tool, distro=None) -> tuple[str, ...]:
+    """The phases a build with this tool goes through (for this distribution, when given)."""
+    return tool.phases(distro) + (COMPRESS,)
 
 
 WORK_PREFIX = ".work-"
@@ -91,9 +92,9 @@ def prepare(recipe: str | Path | Recipe, tool: str = "mmdebstrap",
         recipe = recipe.model_copy(update={"output": recipe.output.model_validate(
             {**recipe.output.model_dump(), "compression": compression})})
     t = get_tool(tool)
-    why = t.cannot_build(recipe)
+    why = refuse(recipe, t)
     if why:
-        raise ToolUnavailable(f"{tool} cannot build {recipe.name}: {why}")
+        raise ToolUnavailable(why)
     customize.password_env_vars(recipe)      # a password variable that is not set stops the build here
     return recipe, t
 
@@ -103,9 +104,9 @@ def render(recipe: str | Path | Recipe, tool: str = "mmdebstrap", mirror: Option
     installed, but it must support the recipe's distribution, release and architecture)."""
     recipe = load_checked(recipe)
     t = get_tool(tool)
-    why = t.cannot_build(recipe, installed=False)
+    why = refuse(recipe, t, installed=False)
     if why:
-        raise ToolUnavailable(f"{tool} cannot build {recipe.name}: {why}")
+        raise ToolUnavailable(why)
     return t.render(new_state(recipe, Path("WORK"), Path("LOG"), mirror))
 
 
@@ -143,7 +144,7 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
     partial = output_dir / f".{final.name}-{os.getpid()}.partial"
     timer = measure.PhaseTimer()
     started = _dt.datetime.now(_dt.timezone.utc)
-    bar = Progress(phases_of(t), enabled=progress, title=f"{recipe.name} / {t.name}", listener=listener)
+    bar = Progress(phases_of(t, distros.get(recipe.distro)), enabled=progress, title=f"{recipe.name} / {t.name}", listener=listener)
 
     @contextlib.contextmanager
     def phase(name: str):
@@ -208,14 +209,15 @@ def _services(tool: Tool, state: BuildState):
     """Hand the tool what it declared it needs: the cloud base image (timed as its own phase), how VMs run
     here (KVM only after a real boot showed it works), and a libvirt connection with a network; what was
     started for it is stopped afterwards."""
-    if "base" in tool.needs:
+    needs = tool.needs_for(state.distro)
+    if "base" in needs:
         with state.phase(tool.BASE_PHASE):
             state.base = base_image(state, tool)
-    if "accel" in tool.needs:
+    if "accel" in needs:
         from .qemu import choose_accel
         kind, why = choose_accel(state.base.path) if state.base else ("tcg", "no image to probe KVM with")
         state.accel = Accel(kind, why)
-    if "libvirt" not in tool.needs:
+    if "libvirt" not in needs:
         yield
         return
     from . import libvirt_host

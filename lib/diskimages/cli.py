@@ -76,6 +76,31 @@ def _cmd_render(args) -> int:
     return 0
 
 
+def _cmd_check(args) -> int:
+    from .preflight import failed, check
+    from .tools import get_tool
+    for t in args.tool or []:
+        get_tool(t)             # an unknown tool is an input error (exit 2), named with the allowed ones
+    df = check(args.recipe, args.tool or None, mirror=args.mirror, buildable=not args.no_probe)
+    if args.json:
+        print(df.to_json(orient="records"))
+    else:
+        for (recipe, tool), rows in df.groupby(["recipe", "tool"], sort=False):
+            first = rows.iloc[0]
+            print(f"{recipe} x {tool}: {first['status']}")
+            for r in rows.itertuples():
+                if r.parser:
+                    print(f"    {r.file or '-'}: {r.parser}: {r.detail[:160]}")
+            if first["status"] != "not supported":
+                print(f"    built here: {first['built here']}")
+        pairs = df.drop_duplicates(["recipe", "tool"])
+        print(f"\n{(pairs.status == 'passed').sum()} pairs passed, "
+              f"{pairs.status.str.startswith('refused').sum()} refused by a parser, "
+              f"{(pairs.status == 'not supported').sum()} not supported, {(pairs.status == 'not checked').sum()} "
+              "not checked here")
+    return 1 if failed(df) else 0
+
+
 def _cmd_build(args) -> int:
     from .build import build
     res = build(args.recipe, args.tool, args.output_dir, mirror=args.mirror, compression=args.compression,
@@ -269,6 +294,14 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tools", help="the build tools, installed or not, with versions and what each builds")
     p.add_argument("--json", action="store_true", help="JSON rows instead of a table")
     p.set_defaults(func=_cmd_tools)
+    p = sub.add_parser("check", help="render each tool's configuration for recipes and run the tools' own parsers "
+                                      "on it (exit 1 when one refuses), and say which pairs this host builds")
+    p.add_argument("recipe", nargs="+", help="recipe name or YAML file")
+    p.add_argument("--tool", action="append", help="only this tool (repeatable; default: every tool)")
+    p.add_argument("--mirror", help="the distribution's mirror (default: the host's sources, else the tool's)")
+    p.add_argument("--no-probe", action="store_true", help="do not ask the mirrors whether this host reaches them")
+    p.add_argument("--json", action="store_true", help="JSON rows instead of a table")
+    p.set_defaults(func=_cmd_check)
     p = sub.add_parser("render", help="print (or write) the native config/command a tool runs for a recipe")
     p.add_argument("recipe")
     p.add_argument("--tool", default="mmdebstrap")

@@ -47,9 +47,13 @@ def pairs(recipes: Optional[Iterable[str]] = None, tools: Optional[Iterable[str]
 
 
 def matrix(recipes=None, tools=None) -> dict:
-    """The CI job matrix (GitHub Actions `strategy.matrix` form) of the pairs the tools can build."""
+    """The CI job matrix (GitHub Actions `strategy.matrix` form) of the pairs that can succeed on a runner like
+    this host (the matrix job runs on the build jobs' runner image): the tool supports the recipe, and the tool
+    is installed or scripts/setup.sh can install a usable version of it here."""
     df = pairs(recipes, tools, check_installed=False)
-    return {"include": [{"recipe": r.recipe, "tool": r.tool} for r in df.itertuples() if r.buildable]}
+    installable = {t: get_tool(t).installable_reason() is None for t in set(df.tool)}
+    return {"include": [{"recipe": r.recipe, "tool": r.tool} for r in df.itertuples()
+                        if r.buildable and installable[r.tool]]}
 
 
 def gitlab_pipeline(recipes=None, tools=None) -> str:

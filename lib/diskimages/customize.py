@@ -114,6 +114,9 @@ def render_script(recipe: Recipe, stage: str = STAGE) -> str:
         if u.sudo_nopasswd:
             add(_write(f"/etc/sudoers.d/90-diskimages-{u.name}", f"{u.name} ALL=(ALL) NOPASSWD:ALL", "0440"))
 
+    if any(u.sudo for u in recipe.users) and distro.sudo_step():
+        add(distro.sudo_step())
+
     if recipe.autologin:
         step(f"autologin {recipe.autologin} ({desk.display_manager or 'console'})")
         add(distro.autologin_step(recipe.autologin, desk))
@@ -128,6 +131,10 @@ def render_script(recipe: Recipe, stage: str = STAGE) -> str:
     add("  rm -f /etc/systemd/network/80-diskimages-dhcp.network")
     add("  systemctl disable systemd-networkd.service")
     add("fi")
+    if distro.network_step(desk):
+        add(distro.network_step(desk))
+    for unit in distro.desktop_services(desk):
+        add(f"systemctl enable {_q(unit)}")
 
     step("ssh host keys are generated at first boot")
     add("if [ -x /usr/sbin/sshd ]; then")

@@ -278,7 +278,10 @@ def raw_disk_info(raw: Path, distro: Distribution) -> DiskInfo:
     blocks = int(re.search(r"Block count:\s*(\d+)", stats).group(1))
     free = int(re.search(r"Free blocks:\s*(\d+)", stats).group(1))
     bsize = int(re.search(r"Block size:\s*(\d+)", stats).group(1))
-    packages = distro.count_packages_in_db(dbg(f"cat {distro.package_db}"))
+    try:
+        packages = distro.count_packages_in_db(dbg(f"cat {distro.package_db}"))
+    except NotImplementedError:
+        packages = None        # a database debugfs cannot read as text (rpm's SQLite, pacman's folders)
     boot = dbg("ls -p /boot")
     kernels = [f.split("/")[5].removeprefix("vmlinuz-") for f in boot.splitlines()
                if f.count("/") >= 6 and f.split("/")[5].startswith("vmlinuz-")]

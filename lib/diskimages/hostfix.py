@@ -122,3 +122,18 @@ class PrivateNamespace:
         for key in self._keys:
             reaper.untrack(key)
         self._keys.clear()
+
+
+DEBOOTSTRAP = Path("/usr/share/debootstrap")
+
+
+def debootstrap_dir(work: Path, suite: str, script: str):
+    """A copy of the host's debootstrap data with a script for `suite` (debootstrap older than the suite has none;
+    newer ones link it to `script`), for DEBOOTSTRAP_DIR; None when the host's debootstrap knows the suite."""
+    if not DEBOOTSTRAP.is_dir() or (DEBOOTSTRAP / "scripts" / suite).exists() or \
+            not (DEBOOTSTRAP / "scripts" / script).exists():
+        return None
+    copy = work / "debootstrap"
+    shutil.copytree(DEBOOTSTRAP, copy, symlinks=True)
+    (copy / "scripts" / suite).symlink_to(script)
+    return copy

@@ -41,3 +41,10 @@ def cache_dir(*parts: str) -> Path:
     p = base.joinpath(*parts)
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def venv_share() -> Path:
+    """Where scripts/setup.sh puts checkers unpacked from distribution packages (inside the Python environment,
+    never on the host)."""
+    import sys
+    return Path(sys.prefix) / "share" / "diskimages-tools"

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .paths import recipes_dir
 
-DESKTOPS = ("xfce", "gnome", "kde", "mate", "lxqt", "none")
 
 _SIZE_RE = re.compile(r"\s*(\d{1,12}(?:\.\d{1,6})?)\s*([KMGT]i?B?|B)?\s*", re.I)
 MAX_DISK = 2 << 40
@@ -152,7 +151,8 @@ class Recipe(_Strict):
     distro: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
     release: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     architecture: str = Field("amd64", pattern=r"^[a-z0-9_]+$")
-    desktop: Literal[DESKTOPS] = "none"
+    # checked against the distribution's own desktops (distros.check)
+    desktop: str = Field("none", pattern=r"^[a-z][a-z0-9-]{0,31}$")
     packages: list[str] = Field(default_factory=list)
     hostname: str = Field("localhost", pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
     locale: str = Field("C.UTF-8", pattern=r"^([a-z]{2,3}_[A-Z]{2}|C)(\.UTF-8)?(@[a-z]+)?$")
@@ -175,8 +175,10 @@ class Recipe(_Strict):
     @classmethod
     def _packages(cls, v):
         for p in v:
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9+._-]*", p):
-                raise ValueError(f"{p!r} is not a package name (allowed: letters, digits, + - . _)")
+            # a leading @ names a package group (dnf, pacman); each distribution applies its own rule after this
+            if not re.fullmatch(r"@?[A-Za-z0-9][A-Za-z0-9+._-]*", p):
+                raise ValueError(f"{p!r} is not a package name (allowed: letters, digits, + - . _, "
+                                 "a leading @ for a group)")
         return v
 
     @field_validator("services")

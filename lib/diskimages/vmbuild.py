@@ -13,6 +13,7 @@ file system at first boot (cloud-init growpart/resizefs).
 from __future__ import annotations
 
 import base64
+import os
 import io
 import json
 import subprocess
@@ -43,8 +44,7 @@ set -eu
 echo "diskimages: packages"
 {install.rstrip()}
 echo "diskimages: kernel command line"
-sed -i -E 's#^(  linux .* ro {disk.SERIAL_CONSOLE}).*#\\1 {recipe.kernel_cmdline}#' /boot/grub/grub.cfg
-sed -i -E 's#^GRUB_CMDLINE_LINUX_DEFAULT=.*#GRUB_CMDLINE_LINUX_DEFAULT="{recipe.kernel_cmdline}"#' /etc/default/grub
+{distro.kernel_cmdline_step(recipe.kernel_cmdline, disk.SERIAL_CONSOLE).rstrip()}
 echo "diskimages: customisation"
 sh {stage}/customize.sh
 rm -rf {stage}
@@ -218,12 +218,15 @@ def appliance_kernel(base: Path, distro, log: Optional[Path] = None) -> dict[str
 def guestfs_env(state, log: Optional[Path] = None) -> tuple[dict, list[str], list[str]]:
     """(environment, what it works around, folders to create) for a libguestfs tool on this host: TCG when
     KVM does not run guests, and the base image's own kernel for the appliance when the host has none."""
-    base = state.base.path
+    base = state.base.path if state.base else None
     env, applied, make_dirs = {"LIBGUESTFS_BACKEND": "direct"}, [], []
     if state.accel is None or state.accel.kind != "kvm":
         env["LIBGUESTFS_BACKEND_SETTINGS"] = "force_tcg"
         applied.append(f"LIBGUESTFS_BACKEND_SETTINGS=force_tcg: {state.accel.reason if state.accel else 'no KVM'}")
     if not host_has_kernel():
+        if base is None:
+            raise RuntimeError("libguestfs' appliance needs a kernel in /boot on this host, and this build has no "
+                               "base image whose kernel it could boot instead (install the host's kernel package)")
         env.update(appliance_kernel(base, state.distro, log=log))
         applied.append(f"libguestfs appliance boots the base image's kernel {env['SUPERMIN_KERNEL_VERSION']} "
                        "(SUPERMIN_KERNEL/_MODULES): the host has no kernel in /boot")
@@ -251,3 +254,74 @@ def sparsify(state, raw: Path) -> None:
     did): packages downloaded and deleted inside the VM leave data behind that compression would otherwise keep."""
     run_guestfs(state, ["virt-sparsify", "--in-place", str(raw)])
     state.sparsified = "virt-sparsify --in-place"
+
+
+# -- the installer path: a distribution's own unattended installer (autoinstall, kickstart, preseed) installs the
+# system in the build VM; its configuration comes from the distribution module, and the installed system runs
+# the same vm-build.sh as the cloud-base path
+
+def installer_run() -> str:
+    """What the installed system runs (chrooted by the installer): unpack the stage, run vm-build.sh."""
+    st = customize.STAGE
+    tb = distros.STAGE_TARBALL
+    return f"tar -xzf {tb} -C / && rm -f {tb} && sh {st}/{VM_SCRIPT}"
+
+
+def installer_files(state, *, tarball: Optional[bytes] = None, stage_source: str = "/diskimages-stage.tar.gz"):
+    """The distribution's installer configuration for this build's recipe."""
+    return state.distro.installer_files(state.recipe, state.release, state.mirror, run=installer_run(),
+                                        tarball=tarball, stage_source=stage_source)
+
+
+def installer_firmware(recipe: Recipe) -> str:
+    """The firmware the installer boots with: the installed boot loader is the one for that firmware, so a recipe
+    asking for both is installed under BIOS (what the boot check starts by default)."""
+    return "uefi" if recipe.disk.firmware == "uefi" else "bios"
+
+
+def fetch(url: str, name: Optional[str] = None, log: Optional[Path] = None) -> Path:
+    """An installer ISO (or other large download) in the cache, verified against the SHA256SUMS beside it when the
+    server has one; written under a .partial name and renamed when complete."""
+    import hashlib
+    import urllib.request
+    if "://" not in url:
+        p = Path(url)
+        if not p.is_file():
+            raise FileNotFoundError(f"installer image {url} does not exist")
+        return p
+    dest = cache_dir("downloads") / (name or url.rstrip("/").rsplit("/", 1)[-1])
+    if dest.is_file():
+        return dest
+    partial = dest.with_name(dest.name + f".{os.getpid()}.partial")
+    h = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(partial, "wb") as f:
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+                h.update(chunk)
+        sums_url = url.rsplit("/", 1)[0] + "/SHA256SUMS"
+        try:
+            with urllib.request.urlopen(sums_url, timeout=30) as r:
+                sums = r.read(1 << 20).decode(errors="replace")
+        except OSError:
+            sums = ""
+        want = next((line.split()[0] for line in sums.splitlines() if line.strip().endswith(dest.name)), None)
+        if want and want != h.hexdigest():
+            raise RuntimeError(f"{url}: sha256 {h.hexdigest()} does not match {want} from {sums_url}")
+        if log:
+            with open(log, "a") as f:
+                f.write(f"downloaded {url}: sha256 {h.hexdigest()} ({'verified' if want else 'no SHA256SUMS'})\n")
+        os.replace(partial, dest)
+    finally:
+        partial.unlink(missing_ok=True)
+    return dest
+
+
+def vm_path(distro) -> Optional[str]:
+    """How the VM builders make this distribution: "import" (its cloud base image, made by the native builder),
+    "installer" (its own unattended installer: autoinstall, kickstart) or None."""
+    if distro.cloud_base_recipe:
+        return "import"
+    if distro.installer in ("autoinstall", "kickstart"):
+        return "installer"
+    return None

@@ -25,7 +25,7 @@ from ..shell import q, write_file
 from .sources import MirrorChoice
 
 __all__ = ["Distribution", "Release", "DesktopSpec", "BootTarget", "MirrorChoice", "get", "names", "check",
-           "host", "for_recipe"]
+           "host", "for_recipe", "STAGE_TARBALL"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,16 @@ class Distribution:
     grub_distributor: ClassVar[str] = ""
     #: the helper recipe the VM-driven builders start from, per release version ("{version}" is replaced)
     cloud_base_recipe: ClassVar[Optional[str]] = None
+    #: the archive components (or repositories) a build enables by default
+    components: ClassVar[tuple[str, ...]] = ("main",)
+    #: host files that verify the archive's signatures (installed by scripts/setup.sh from `keyring_packages`)
+    keyring_files: ClassVar[tuple[str, ...]] = ()
+    keyring_packages: ClassVar[tuple[str, ...]] = ()
+    #: the unattended installer of this distribution: "preseed", "autoinstall", "kickstart" or None
+    installer: ClassVar[Optional[str]] = None
+    #: the osinfo-db vendor folder and short-id form of its releases ("{version}" is replaced)
+    osinfo_vendor: ClassVar[str] = ""
+    osinfo_short_id: ClassVar[str] = "{name}{version}"
 
     # -- registry
     _registry: ClassVar[dict[str, type["Distribution"]]] = {}
@@ -97,7 +107,8 @@ class Distribution:
         raise KeyError(self._known_releases())
 
     def _known_releases(self) -> str:
-        return ", ".join(f"{r.codename} ({r.version})" for r in self.releases)
+        return ", ".join(r.codename if r.codename == r.version else f"{r.codename} ({r.version})"
+                         for r in self.releases)
 
     def default(self) -> Release:
         return self.release(self.default_release)
@@ -121,6 +132,27 @@ class Distribution:
 
     def mirror_probe_url(self, mirror: MirrorChoice, release: Release) -> Optional[str]:
         """A small file the mirror serves for this release (to refuse an unreachable mirror before building)."""
+        return None
+
+    def default_archive(self, release: Release) -> Optional[str]:
+        """Where the tools fetch this release from when no mirror is given, as the host's own data says (the
+        tools' defaults or the osinfo database); None when nothing on the host says."""
+        return None
+
+    def probe_url(self, mirror: MirrorChoice, release: Release) -> Optional[str]:
+        """What to ask to know, in a second, whether this host reaches the packages of this release."""
+        if mirror.uri:
+            return self.mirror_probe_url(mirror, release)
+        return self.default_archive(release)
+
+    def osinfo_entry(self, release: Release):
+        """This release in the host's osinfo database (None when the database is older than the release)."""
+        from . import osinfo
+        return osinfo.find(self.osinfo_vendor, self.osinfo_short_id.format(name=self.name,
+                                                                           version=release.version))
+
+    def installer_media(self, release: Release, arch: str) -> Optional[str]:
+        """The installer ISO the unattended install boots, from the osinfo database (None when it has none)."""
         return None
 
     # -- packages
@@ -235,10 +267,54 @@ class Distribution:
         """The package manager's caches and indexes, which an image must not carry."""
         return ""
 
+    def network_step(self, desktop: DesktopSpec) -> str:
+        """How a desktop hands the network to NetworkManager, where the distribution needs more than the
+        package (netplan's renderer on Ubuntu)."""
+        return ""
+
+    def desktop_services(self, desktop: DesktopSpec) -> tuple[str, ...]:
+        """Units to enable for a desktop, on distributions whose packages do not enable them on install."""
+        return ()
+
+    def sudo_step(self) -> str:
+        """What makes `sudo_group` able to use sudo, where the distribution's sudoers does not already."""
+        return ""
+
+    def kernel_cmdline_step(self, cmdline: str, serial: str) -> str:
+        """Shell that sets the kernel command line of an installed system (the VM builders): GRUB's defaults,
+        then its configuration regenerated."""
+        return (f"sed -i -E 's#^GRUB_CMDLINE_LINUX=.*#GRUB_CMDLINE_LINUX=\"{serial}\"#' /etc/default/grub\n"
+                f"sed -i -E 's#^GRUB_CMDLINE_LINUX_DEFAULT=.*#GRUB_CMDLINE_LINUX_DEFAULT=\"{cmdline}\"#' "
+                "/etc/default/grub\n"
+                "grub2-mkconfig -o /boot/grub2/grub.cfg\n")
+
+    # -- the unattended installer (the VM builders' installer path)
+    #: the installer configuration's documented fields, as a JSON schema, where its own validator does not install
+    #: on a build host (Ubuntu's autoinstall: Subiquity)
+    installer_schema: ClassVar[Optional[dict]] = None
+    #: the installer's kernel and initrd inside its ISO (booting it from GRUB's console, or virt-install --location)
+    installer_kernel: ClassVar[Optional[tuple[str, str]]] = None
+
+    def installer_args(self, config_url: Optional[str], tree: Optional[str] = None) -> str:
+        """The kernel arguments that start the unattended install (the configuration at `config_url`, or found
+        by the installer itself, e.g. on a NoCloud volume)."""
+        raise NotImplementedError(f"{self.pretty_name} has no unattended installer here")
+
+    def installer_files(self, recipe: Recipe, release: Release, mirror: MirrorChoice, *, run: str,
+                        tarball: Optional[bytes] = None, stage_source: str = "") -> dict[str, str]:
+        """The installer's own configuration for this recipe: {file name: text}. The installed system gets the
+        staging tarball at STAGE_TARBALL (embedded when `tarball` is given and the format can carry it, else
+        copied from `stage_source`, a path in the installer's environment or a URL) and runs `run` in it."""
+        raise NotImplementedError(f"{self.pretty_name} has no unattended installer here")
+
     # -- the build host, when it runs this distribution
     def host_package_version(self, package: str) -> Optional[str]:
         """The version of a package installed on the build host (tools without --version)."""
         return None
+
+
+#: where the installed system finds the staging tarball (the same path the VM builders use)
+STAGE_TARBALL = "/var/tmp/diskimages-stage.tar.gz"
 
 
 def keyboard_layout(keyboard: str) -> tuple[str, str]:
@@ -260,7 +336,7 @@ def _discover() -> None:
     if not _discovered:
         _discovered = True
         for m in pkgutil.iter_modules(__path__):
-            if m.name != "sources":
+            if m.name not in ("sources", "osinfo"):
                 importlib.import_module(f"{__name__}.{m.name}")
 
 
@@ -340,3 +416,27 @@ def check(recipe: Recipe, *, field_prefix: str = "") -> Recipe:
         recipe = recipe.model_copy(update={"release": rel.codename})
     return recipe
 
+
+
+_probed: dict[str, Optional[str]] = {}
+
+
+def unreachable(distro: Distribution, release: Release, mirror: MirrorChoice, timeout: float = 5.0) -> Optional[str]:
+    """Why this host cannot reach the archive of `release` (None when it answers, or when nothing on the host
+    names the archive, so the tool's own default is left to try). Each URL is asked once per process."""
+    import urllib.error
+    import urllib.request
+    url = distro.probe_url(mirror, release)
+    if not url:
+        return None
+    if url not in _probed:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+                _probed[url] = None
+        except urllib.error.HTTPError as e:
+            # the server answered: a 4xx/5xx for a HEAD of the root still means it is reachable
+            _probed[url] = None if e.code < 500 and url.endswith("/") else f"{url} answered {e.code}"
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            _probed[url] = f"{url}: {getattr(e, 'reason', None) or e}"
+    why = _probed[url]
+    return (f"checked, not built here: the {distro.pretty_name} mirror is unreachable ({why})") if why else None

@@ -15,7 +15,7 @@ from typing import ClassVar, Iterator, Optional
 
 from ..recipe import Recipe
 from ..shell import q, write_file
-from . import DesktopSpec, Distribution, Release, keyboard_layout, os_release_id
+from . import STAGE_TARBALL, DesktopSpec, Distribution, Release, keyboard_layout, os_release_id
 from .sources import MirrorChoice
 
 _X = ("xserver-xorg-core", "xserver-xorg-input-libinput", "xserver-xorg-video-qxl", "xserver-xorg-video-fbdev",
@@ -53,7 +53,10 @@ class Debian(Distribution):
     grub_distributor = "Debian"
     gdm_config = "/etc/gdm3/daemon.conf"
     cloud_base_recipe = "debian-{version}-cloud-base"
-    keyring_packages: ClassVar[tuple[str, ...]] = ("debian-archive-keyring",)
+    keyring_packages = ("debian-archive-keyring",)
+    installer = "preseed"
+    osinfo_vendor = "debian.org"
+    osinfo_short_id = "debian{version}"
 
     base_packages = (
         "initramfs-tools", "systemd-sysv", "udev", "dbus", "dbus-user-session", "libpam-systemd", "kmod",
@@ -98,11 +101,11 @@ class Debian(Distribution):
             return MirrorChoice(None, None, "tool default")
         return MirrorChoice(main, security, "host apt sources")
 
-    def sources_lines(self, mirror: MirrorChoice, release: Release, components=("main",)) -> list[str]:
+    def sources_lines(self, mirror: MirrorChoice, release: Release, components=None) -> list[str]:
         """One-line apt sources (the form mmdebstrap and debootstrap-style tools accept)."""
         if not mirror.uri:
             return []
-        comps = " ".join(components)
+        comps = " ".join(components or self.components)
         suite = release.codename
         lines = [f"deb {mirror.uri} {suite} {comps}", f"deb {mirror.uri} {suite}-updates {comps}"]
         if mirror.security_uri:
@@ -194,10 +197,49 @@ class Debian(Distribution):
         return write_file("/etc/default/keyboard", f'XKBMODEL="pc105"\nXKBLAYOUT="{layout}"\n'
                                                    f'XKBVARIANT="{variant}"\nXKBOPTIONS=""\nBACKSPACE="guess"')
 
+    def kernel_cmdline_step(self, cmdline: str, serial: str) -> str:
+        # the cloud base's grub.cfg was written by diskimages (no grub-mkconfig in it): edit it in place
+        return (f"sed -i -E 's#^(  linux .* ro {serial}).*#\\1 {cmdline}#' /boot/grub/grub.cfg\n"
+                f"sed -i -E 's#^GRUB_CMDLINE_LINUX_DEFAULT=.*#GRUB_CMDLINE_LINUX_DEFAULT=\"{cmdline}\"#' "
+                "/etc/default/grub\n")
+
     def cleanup_step(self) -> str:
         return ("apt-get clean\n"
                 "rm -rf /var/lib/apt/lists/* && mkdir -p /var/lib/apt/lists/partial\n"
                 "rm -f /var/cache/debconf/*-old /var/lib/dpkg/*-old\n")
+
+    # -- debian-installer: a preseed; the staging tarball is injected into the installer's initrd
+    def installer_files(self, recipe: Recipe, release: Release, mirror: MirrorChoice, *, run: str,
+                        tarball: Optional[bytes] = None, stage_source: str = "/diskimages-stage.tar.gz") -> dict:
+        from urllib.parse import urlparse
+        u = urlparse(mirror.uri or "http://MIRROR_HOST/debian")
+        first = recipe.users[0] if recipe.users else None
+        lang = recipe.locale.split(".")[0] if recipe.locale not in ("C.UTF-8", "C", "POSIX") else "en_US"
+        lines = [f"# debian-installer preseed rendered by diskimages from recipe {recipe.name}",
+                 f"d-i debian-installer/locale string {lang}",
+                 f"d-i keyboard-configuration/xkb-keymap select {recipe.keyboard}",
+                 "d-i netcfg/choose_interface select auto",
+                 f"d-i netcfg/get_hostname string {recipe.hostname}",
+                 "d-i mirror/country string manual",
+                 f"d-i mirror/http/hostname string {u.netloc}", f"d-i mirror/http/directory string {u.path or '/'}",
+                 f"d-i time/zone string {recipe.timezone}", "d-i clock-setup/utc boolean true",
+                 "d-i passwd/root-login boolean false"]
+        if first:
+            lines += [f"d-i passwd/user-fullname string {first.name}", f"d-i passwd/username string {first.name}"]
+            if first.password_hash:
+                lines.append(f"d-i passwd/user-password-crypted password {first.password_hash}")
+        lines += ["d-i partman-auto/method string regular", "d-i partman-auto/choose_recipe select atomic",
+                  "d-i partman-partitioning/confirm_write_new_label boolean true",
+                  "d-i partman/choose_partition select finish", "d-i partman/confirm boolean true",
+                  "d-i partman/confirm_nooverwrite boolean true",
+                  "tasksel tasksel/first multiselect standard",
+                  f"d-i pkgsel/include string {' '.join(self.packages_for(recipe))}",
+                  "d-i pkgsel/install-recommends boolean false",
+                  "d-i grub-installer/only_debian boolean true", "d-i grub-installer/bootdev string default",
+                  "d-i finish-install/reboot_in_progress note", "d-i debian-installer/exit/poweroff boolean true",
+                  f"d-i preseed/late_command string cp {stage_source} /target{STAGE_TARBALL}; "
+                  f"in-target sh -c {q(run)}"]
+        return {"preseed.cfg": "\n".join(lines) + "\n"}
 
     # -- the build host (Debian), for the versions of the tools it installed
     def host_package_version(self, package: str) -> Optional[str]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, ContextManager, Iterator, Optional
 
-from .. import customize, distros, disk, measure
+from .. import checkers, customize, distros, disk, measure
 from ..disk import DiskInfo
 from ..distros import Distribution, MirrorChoice, Release
 from ..paths import cache_dir
@@ -99,6 +99,10 @@ class Tool:
     needs: ClassVar[frozenset[str]] = frozenset()
     #: the phase the orchestrator runs first when "base" is needed
     BASE_PHASE: ClassVar[str] = "base"
+    #: whether `check` needs the tool installed (False: its files are checked by format checkers only)
+    check_needs_program: ClassVar[bool] = True
+    #: whether `check` reads the tool's files even for pairs the tool refuses (its parser is independent of it)
+    check_when_refused: ClassVar[bool] = False
     #: the options a recipe may give this tool under `tools: {NAME: {...}}`: name -> (what is allowed, check)
     options: ClassVar[dict[str, tuple[str, Callable[[Any], bool]]]] = {}
 
@@ -134,6 +138,30 @@ class Tool:
             return f"{self.program} is not installed (scripts/setup.sh installs it)"
         return None
 
+    #: the distribution packages that install the tool (scripts/setup.sh installs them where they exist)
+    packages: ClassVar[tuple[str, ...]] = ()
+
+    def usable_version(self, version: str) -> Optional[str]:
+        """Why this version of the tool cannot run the configuration diskimages writes (None when it can)."""
+        return None
+
+    def installable_reason(self) -> Optional[str]:
+        """Why scripts/setup.sh cannot give this host the tool (None when it is installed and usable, or its
+        package is in the host's package sources in a usable version): what a CI matrix asks on its runner."""
+        if self.unavailable_reason() is None:
+            return None
+        if not self.packages or not shutil.which("apt-cache"):
+            return self.unavailable_reason()
+        for pkg in self.packages:
+            out = subprocess.run(["apt-cache", "policy", pkg], capture_output=True, text=True).stdout
+            m = re.search(r"Candidate: (\S+)", out)
+            if not m or m.group(1) == "(none)":
+                return f"{pkg} is not in this host's package sources"
+            why = self.usable_version(re.sub(r"^\d+:", "", m.group(1)))
+            if why:
+                return f"{pkg} {m.group(1)} from this host's package sources: {why}"
+        return None
+
     # -- can it build this?
     def supports(self, distro: Distribution, release: Release, arch: str) -> Optional[str]:
         """Why this tool cannot build (distro, release, arch), or None when it can."""
@@ -160,16 +188,39 @@ class Tool:
             refused = self.refusals(recipe)
             why = "; ".join(refused) if refused else None
         if why is None and installed:
-            why = self.unavailable_reason()
+            why = self.unavailable_reason() or self.source_unreachable(recipe)
         return why
 
+    def source_unreachable(self, recipe: Recipe) -> Optional[str]:
+        """Why this host cannot fetch what the build installs (None when it can): the distribution's archive,
+        asked once per process in a few seconds, before any work."""
+        d, rel = distros.for_recipe(recipe)
+        return distros.unreachable(d, rel, d.choose_mirror())
+
+    def needs_for(self, distro: Optional[Distribution] = None) -> frozenset[str]:
+        """What the orchestrator hands in for a build of this distribution (a tool whose path differs per
+        distribution, such as an installer instead of a cloud base image, narrows `needs`)."""
+        return self.needs
+
     # -- the lifecycle
-    def phases(self) -> tuple[str, ...]:
+    def phases(self, distro: Optional[Distribution] = None) -> tuple[str, ...]:
         raise NotImplementedError
 
     def render(self, state: BuildState) -> dict[str, str]:
         """The tool's native configuration and command line for this recipe: {file name: text}."""
         raise NotImplementedError
+
+    def check(self, state: BuildState, where: Path) -> list:
+        """The rendered configuration written into `where` and read by the tool's own parser (and the formats'
+        checkers): a list of `checkers.Finding`. Every tool checks at least its shell scripts."""
+        where.mkdir(parents=True, exist_ok=True)
+        found = []
+        for name, text in self.render(state).items():
+            if name.endswith(".sh") or text.startswith("#!/bin/sh"):
+                f = where / name.replace("/", "_")
+                f.write_text(text)
+                found.append(checkers.run(name, "sh -n", ["sh", "-n", f]))
+        return found
 
     def execute(self, state: BuildState, raw: Path) -> DiskInfo:
         """Make the bootable raw disk `raw`, phase by phase (the template method; tools implement the steps)."""
@@ -226,7 +277,7 @@ class RootfsTool(Tool):
         """Make the root tree in `rootfs` (the tool's one step)."""
         raise NotImplementedError
 
-    def phases(self) -> tuple[str, ...]:
+    def phases(self, distro: Optional[Distribution] = None) -> tuple[str, ...]:
         return ("bootstrap", "assemble") if self.applies_recipe else ("bootstrap", "customize", "assemble")
 
     def execute(self, state: BuildState, raw: Path) -> DiskInfo:
@@ -253,8 +304,8 @@ class DiskTool(Tool):
         """Make the bootable raw disk `raw` (the tool's one step)."""
         raise NotImplementedError
 
-    def phases(self) -> tuple[str, ...]:
-        return ((self.BASE_PHASE,) if "base" in self.needs else ()) + ("build",)
+    def phases(self, distro: Optional[Distribution] = None) -> tuple[str, ...]:
+        return ((self.BASE_PHASE,) if "base" in self.needs_for(distro) else ()) + ("build",)
 
     def execute(self, state: BuildState, raw: Path) -> DiskInfo:
         with state.phase("build"):
@@ -316,6 +367,20 @@ def get_tool(name: str) -> Tool:
     if name not in Tool._registry:
         raise ToolUnavailable(f"unknown tool {name!r} (allowed: {', '.join(names())})")
     return Tool._registry[name]()
+
+
+def refuse(recipe: Recipe, tool: "Tool", *, installed: bool = True) -> Optional[str]:
+    """One line for a tool that cannot build the recipe: naming the file and the field when the recipe is the cause
+    (its distribution, or a field the tool cannot honour), with the tools that can; None when it can."""
+    d, rel = distros.for_recipe(recipe)
+    src = recipe.source or recipe.name
+    why = tool.supports(d, rel, recipe.architecture)
+    if why:
+        ok = [n for n in names() if get_tool(n).supports(d, rel, recipe.architecture) is None]
+        return (f"{src}: distro: {d.pretty_name} {rel.version} is not built by {tool.name}: {why} "
+                f"(allowed tools: {', '.join(ok) or 'none'})")
+    why = tool.cannot_build(recipe, installed=installed)
+    return f"{tool.name} cannot build {recipe.name}: {why}" if why else None
 
 
 def check_recipe(recipe: Recipe) -> Recipe:

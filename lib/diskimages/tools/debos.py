@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .. import customize, disk, reaper
+from .. import checkers, customize, disk, reaper
 from ..disk import DiskInfo
 from ..hostfix import PrivateNamespace
 from ..runner import run
@@ -65,6 +65,7 @@ rm -rf "$ROOTDIR/var/tmp/diskimages-efi"
 class Debos(DiskTool):
     name = "debos"
     program = "debos"
+    packages = ("debos",)
     applies_recipe = True
     description = "Collabora's Debian OS builder: a debos YAML recipe that makes the whole bootable disk"
     package_managers = ("apt",)
@@ -82,9 +83,11 @@ class Debos(DiskTool):
         pkgs = state.distro.packages_for(r) + list(state.distro.grub_setup_packages(r.architecture))
         fw = r.disk.firmware
         actions: list[dict] = [
-            {"action": "debootstrap", "suite": state.release.codename, "components": opts.get("components", ["main"]),
+            {"action": "debootstrap", "suite": state.release.codename,
+             "components": opts.get("components", list(state.distro.components)),
              "variant": "minbase", "check-gpg": True,
-             **({"mirror": state.mirror.uri} if state.mirror.uri else {})},
+             **({"mirror": state.mirror.uri} if state.mirror.uri else {}),
+             **({"keyring-file": state.distro.keyring_files[0]} if state.distro.keyring_files else {})},
             {"action": "apt", "description": "packages of the recipe and its desktop", "recommends": False,
              "packages": pkgs},
         ]
@@ -130,6 +133,21 @@ class Debos(DiskTool):
                 f"{STAGE_SRC}/{customize.STAGE.lstrip('/')}/customize.sh": customize.render_script(state.recipe),
                 "command": "debos --disable-fakemachine --artifactdir OUTPUT debos.yaml   "
                            "# where fakemachine works: drop --disable-fakemachine\n"}
+
+    def check(self, state: BuildState, where: Path) -> list:
+        """debos' own recipe parser and action checks (`--dry-run --print-recipe`), and `sh -n` on the staged
+        customisation script."""
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "files").mkdir(exist_ok=True)
+        (where / STAGE_SRC).mkdir(exist_ok=True)
+        (where / "debos.yaml").write_text(self.recipe_yaml(state))
+        script = where / "customize.sh"
+        script.write_text(customize.render_script(state.recipe))
+        f = checkers.run("debos.yaml", "debos --dry-run", ["debos", "--disable-fakemachine", "--dry-run",
+                                                           "--print-recipe", "debos.yaml"], cwd=where)
+        if f.ok and "Recipe done" not in f.detail:
+            f = checkers.Finding(f.file, f.parser, False, f.detail)
+        return [f, checkers.run("customize.sh", "sh -n", ["sh", "-n", script])]
 
     def build_disk(self, state: BuildState, raw: Path) -> DiskInfo:
         r = state.recipe

@@ -21,8 +21,9 @@ import os
 import shutil
 from pathlib import Path
 
-from .. import customize
+from .. import checkers, customize
 from ..distros import Distribution, Release
+from .. import hostfix
 from ..hostfix import PrivateNamespace, systemd_is_init
 from ..runner import run
 from . import BuildState, RootfsTool
@@ -41,6 +42,7 @@ DISTRIBUTIONS = ("debian", "ubuntu", "fedora", "arch", "opensuse", "centos", "ma
 class Mkosi(RootfsTool):
     name = "mkosi"
     program = "mkosi"
+    packages = ("mkosi",)
     applies_recipe = True
     description = "systemd's image builder: tree by mkosi (mkosi.conf, mkosi.extra, mkosi.postinst), " \
                   "made bootable by diskimages"
@@ -57,11 +59,16 @@ class Mkosi(RootfsTool):
 
     def unavailable_reason(self):
         why = super().unavailable_reason()
-        if why is None and self.version().split(".")[0] != str(CONFIG_FOR):
-            why = (f"mkosi {self.version()} is installed; the configuration diskimages writes is mkosi "
-                   f"{CONFIG_FOR}'s (Debian 12's), whose sections, options and command line later mkosi "
-                   "versions changed")
+        if why is None:
+            why = self.usable_version(self.version())
+            why = f"mkosi {self.version()} is installed; {why}" if why else None
         return why
+
+    def usable_version(self, version: str):
+        if version.split(".")[0].split("~")[0] != str(CONFIG_FOR):
+            return (f"the configuration diskimages writes is mkosi {CONFIG_FOR}'s (Debian 12's), whose sections, "
+                    "options and command line later mkosi versions changed")
+        return None
 
     def supports(self, distro: Distribution, release: Release, arch: str):
         why = super().supports(distro, release, arch)
@@ -79,6 +86,9 @@ class Mkosi(RootfsTool):
                  f"Architecture={ARCHES[r.architecture]}"]
         if state.mirror.uri:
             lines.append(f"Mirror={state.mirror.uri}")
+        if state.distro.package_manager == "apt" and list(state.distro.components) != ["main"]:
+            # Debian/Ubuntu components are mkosi's Repositories= (which replaces its default, main)
+            lines.append("Repositories=" + ",".join(state.distro.components))
         lines += ["", "[Output]", "Format=directory", f"Hostname={r.hostname}", "ManifestFormat=json", "",
                   "[Content]", "Packages=" + ",".join(pkgs),
                   # the same content as the other builders (mkosi drops documentation by default)
@@ -104,6 +114,13 @@ class Mkosi(RootfsTool):
             "command": "mkosi --force --cache PACKAGE_CACHE --output OUTPUT/image build\n",
         }
 
+    def check(self, state: BuildState, where: Path) -> list:
+        """`mkosi summary` (mkosi's own configuration parser) in the folder the build uses, and `sh -n` on
+        mkosi.postinst."""
+        conf = self.write_config(state, where / "mkosi")
+        return [checkers.run("mkosi.conf", "mkosi summary", ["mkosi", "summary"], cwd=conf),
+                checkers.run("mkosi.postinst", "sh -n", ["sh", "-n", conf / "mkosi.postinst"])]
+
     def write_config(self, state: BuildState, where: Path) -> Path:
         r = state.recipe
         where.mkdir(parents=True)
@@ -128,5 +145,12 @@ class Mkosi(RootfsTool):
                 # nspawn would ask systemd (over the system bus) for a scope unit
                 argv.append("--nspawn-keep-unit")
                 state.workaround("mkosi --nspawn-keep-unit: systemd is not PID 1 (no system bus)")
-            run(ns.argv([*argv, "build"]), cwd=conf, log=state.log, on_line=state.on_line)
+            env = {}
+            script = getattr(state.distro, "debootstrap_script", None)
+            boot_dir = hostfix.debootstrap_dir(state.work, state.release.codename, script) if script else None
+            if boot_dir:
+                env["DEBOOTSTRAP_DIR"] = str(boot_dir)
+                state.workaround(f"DEBOOTSTRAP_DIR with a {state.release.codename} script: this host's debootstrap "
+                                 f"is older than the release (newer ones link it to {script})")
+            run(ns.argv([*argv, "build"]), cwd=conf, env=env, log=state.log, on_line=state.on_line)
         os.rename(out / "image", rootfs)

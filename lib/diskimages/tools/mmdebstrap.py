@@ -8,6 +8,7 @@ from pathlib import Path
 
 import re
 
+from .. import checkers
 from ..customize import render_script
 from ..runner import run
 from . import COMPONENTS, BuildState, RootfsTool
@@ -29,6 +30,7 @@ ARCHIVES = "/var/cache/apt/archives/"
 class Mmdebstrap(RootfsTool):
     name = "mmdebstrap"
     program = "mmdebstrap"
+    packages = ("mmdebstrap",)
     description = "Debian's multi-mirror debootstrap: root file system, customised and assembled by diskimages"
     package_managers = ("apt",)
     native = {"packages": "--include=", "desktop": "--include= (the desktop's packages)"}
@@ -41,7 +43,7 @@ class Mmdebstrap(RootfsTool):
         """(argv, stdin): the mirror lines go on stdin ('-') so no mirror appears on the command line."""
         r = state.recipe
         opts = r.tool_options(self.name)
-        components = opts.get("components", ["main"])
+        components = opts.get("components", list(state.distro.components))
         argv = ["mmdebstrap", "--mode=root", f"--variant={opts.get('variant', 'apt')}",
                 f"--architectures={r.architecture}", "--format=directory",
                 f"--components={','.join(components)}",
@@ -51,6 +53,8 @@ class Mmdebstrap(RootfsTool):
                 f"--setup-hook=mkdir -p \"$1\"{ARCHIVES}",
                 f"--setup-hook=sync-in {cache} {ARCHIVES}",
                 f"--customize-hook=sync-out {ARCHIVES.rstrip('/')} {cache}"]
+        # a distribution whose archive the host does not trust by default (Ubuntu on Debian): its keyring
+        argv += [f"--keyring={k}" for k in state.distro.keyring_files]
         argv += [str(a) for a in opts.get("extra_args", [])]
         lines = state.distro.sources_lines(state.mirror, state.release, components)
         argv += [state.release.codename, str(rootfs)]
@@ -64,6 +68,23 @@ class Mmdebstrap(RootfsTool):
         if stdin:
             script += " <<'SOURCES'\n" + stdin + "SOURCES"
         return {"mmdebstrap.sh": script + "\n", "customize.sh": render_script(state.recipe)}
+
+    def check(self, state: BuildState, where: Path) -> list:
+        """mmdebstrap has no parser that runs without the archive: the command's keyrings must exist, the
+        sources must be well-formed apt lines, and the scripts must parse (`sh -n`)."""
+        import os
+        found = super().check(state, where)
+        argv, stdin = self.command(state, where / "rootfs", where / "cache")
+        missing = [a.split("=", 1)[1] for a in argv if a.startswith("--keyring=") and
+                   not os.path.exists(a.split("=", 1)[1])]
+        found.append(checkers.Finding("mmdebstrap.sh", "keyrings on this host", not missing,
+                                      f"missing {', '.join(missing)} (scripts/setup.sh installs "
+                                      f"{', '.join(state.distro.keyring_packages)})" if missing else
+                                      "every --keyring file exists"))
+        bad = [line for line in stdin.splitlines() if not re.fullmatch(r"deb \S+://\S+ \S+( [a-z0-9-]+)+", line)]
+        found.append(checkers.Finding("mmdebstrap.sh", "apt sources lines", not bad,
+                                      f"not an apt line: {bad[0]}" if bad else f"{len(stdin.splitlines())} lines"))
+        return found
 
     def bootstrap(self, state: BuildState, rootfs: Path) -> None:
         with self.package_cache(state) as cache:

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from .. import disk
+from .. import checkers, disk
 from ..disk import DiskInfo
 from ..distros import Distribution, Release
 from ..runner import run
@@ -40,7 +40,9 @@ def supported() -> dict[str, list[str]]:
 class Oz(DiskTool):
     name = "oz"
     program = "oz-install"
+    packages = ("oz",)
     applies_recipe = True
+    check_when_refused = True           # oz's TDL parser reads any release; oz-install refuses the unknown ones
     description = "oz: OS installation from a TDL in a libvirt VM, then customisation over SSH"
     native = {"packages": "<packages>", "desktop": "<packages> (the desktop's packages)", "files": "<files>",
               "scripts": "<commands>", "users": "<commands> (customize.sh)"}
@@ -107,6 +109,12 @@ class Oz(DiskTool):
     def render(self, state: BuildState) -> dict[str, str]:
         return {"oz.tdl": self.tdl(state),
                 "command": "oz-install -u -d 3 -s WORK/disk.qcow2 -x WORK/libvirt.xml oz.tdl\n"}
+
+    def check(self, state: BuildState, where: Path) -> list:
+        """oz's own TDL parser (its refusal of releases it does not know comes from `supports`)."""
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "oz.tdl").write_text(self.tdl(state))
+        return [checkers.oz_tdl(where / "oz.tdl", "oz.tdl")]
 
     def build_disk(self, state: BuildState, raw: Path) -> DiskInfo:
         tdl = state.work / "oz.tdl"
