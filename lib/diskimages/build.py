@@ -215,7 +215,7 @@ def _services(tool: Tool, state: BuildState):
             state.base = base_image(state, tool)
     if "accel" in needs:
         from .qemu import choose_accel
-        kind, why = choose_accel(state.base.path) if state.base else ("tcg", "no image to probe KVM with")
+        kind, why = choose_accel(state.base.path if state.base else None)
         state.accel = Accel(kind, why)
     if "libvirt" not in needs:
         yield

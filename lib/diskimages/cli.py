@@ -412,6 +412,10 @@ def main(argv=None) -> int:
     except (CommandError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # the reader went away (`... | head`): nothing left to say to it
+        sys.stderr.close()
+        return 0
     except (KeyboardInterrupt, Interrupted) as e:
         print(f"interrupted: {e or 'Ctrl-C'}; nothing was left behind", file=sys.stderr)
         return 130

@@ -7,10 +7,10 @@ installed here is listed as not checked, with why. A checker that refuses a file
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
+from . import reaper
 from .checkers import Finding
 from .recipe import RecipeError
 from .tools import Tool, get_tool, load_checked, names as tool_names, new_state
@@ -52,11 +52,11 @@ def check(recipes: Iterable[str], tools: Optional[Iterable[str]] = None, *, mirr
         for tname in tools:
             t = get_tool(tname)
             why = t.cannot_build(recipe, installed=False)
-            here = t.cannot_build(recipe) if buildable and why is None else why
+            here = t.cannot_build(recipe, probe=buildable) if why is None else why
             plan.append((recipe, t, why, here))
     need_libvirt = any(t.name == "virt-install" and why is None and not _parsers_missing(t)
                        for _, t, why, _ in plan)
-    with _libvirt_if(need_libvirt), tempfile.TemporaryDirectory(prefix="diskimages-check-") as tmp:
+    with _libvirt_if(need_libvirt), reaper.temp_dir("diskimages-check-") as tmp:
         for recipe, t, why, here in plan:
             base = {"recipe": recipe.name, "tool": t.name, "built here": "yes" if here is None else f"no: {here}"}
             if why is not None and not t.check_when_refused:

@@ -223,8 +223,35 @@ def _host_key() -> str:
     return f"{platform.release()}|{cpu}"
 
 
-def choose_accel(image: Path, firmware: str = "bios", probe_seconds: float = 45.0) -> tuple[str, str]:
-    """(accel, how it was decided). KVM is trusted only after a real boot of `image` shows signs of life."""
+def _kernel_probe(probe_seconds: float) -> tuple[str, str]:
+    """A real boot without a disk image: the host's own kernel under KVM, watched for its first words on the
+    serial console (the installer path has no base image to probe with)."""
+    import glob
+    kernels = sorted(glob.glob("/boot/vmlinuz-*"))
+    if not kernels:
+        return "tcg", "no image and no kernel in /boot on this host to probe KVM with"
+    proc = subprocess.Popen(["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "512", "-nographic",
+                             "-no-reboot", "-kernel", kernels[-1], "-append", "console=ttyS0 panic=-1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            preexec_fn=reaper.die_with_parent)
+    buf, t0 = b"", time.monotonic()
+    try:
+        os.set_blocking(proc.stdout.fileno(), False)
+        while time.monotonic() - t0 < probe_seconds and proc.poll() is None:
+            chunk = proc.stdout.read(65536) or b""
+            buf += chunk
+            if LIFE.search(buf):
+                return "kvm", f"KVM probe: the host's kernel booted in {time.monotonic() - t0:.1f} s"
+            time.sleep(0.2)
+        return "tcg", "KVM probe (host kernel): " + ("QEMU stopped" if proc.poll() is not None else "no sign of life")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def choose_accel(image: Optional[Path], firmware: str = "bios", probe_seconds: float = 45.0) -> tuple[str, str]:
+    """(accel, how it was decided). KVM is trusted only after a real boot shows signs of life: of `image`, or
+    without one, of the host's own kernel."""
     forced = os.environ.get("DISKIMAGES_ACCEL")
     if forced in ("kvm", "tcg"):
         return forced, "DISKIMAGES_ACCEL"
@@ -238,6 +265,12 @@ def choose_accel(image: Path, firmware: str = "bios", probe_seconds: float = 45.
     key = _host_key()
     if key in known:
         return known[key], "cached probe"
+    if image is None:
+        verdict, why = _kernel_probe(probe_seconds)
+        if "no kernel" not in why:
+            known[key] = verdict
+            cache.write_text(json.dumps(known))
+        return verdict, why
     verdict, why = "tcg", "KVM probe: no sign of life"
     try:
         with Machine(image, firmware, accel="kvm", memory_mb=1024, cpus=1) as m:

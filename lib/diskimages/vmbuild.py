@@ -292,6 +292,10 @@ def fetch(url: str, name: Optional[str] = None, log: Optional[Path] = None) -> P
     dest = cache_dir("downloads") / (name or url.rstrip("/").rsplit("/", 1)[-1])
     if dest.is_file():
         return dest
+    for stale in dest.parent.glob(dest.name + ".*.partial"):     # left by a download that was killed
+        pid = stale.name[len(dest.name) + 1:-len(".partial")]
+        if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
+            stale.unlink(missing_ok=True)
     partial = dest.with_name(dest.name + f".{os.getpid()}.partial")
     h = hashlib.sha256()
     try:

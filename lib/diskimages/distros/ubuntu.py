@@ -30,6 +30,7 @@ class Ubuntu(Debian):
     keyring_packages = ("ubuntu-keyring",)
     keyring_files = ("/usr/share/keyrings/ubuntu-archive-keyring.gpg",)
     grub_distributor = "Ubuntu"
+    gdm_config = "/etc/gdm3/custom.conf"
     installer = "autoinstall"
     #: the debootstrap script every Ubuntu suite uses (a debootstrap older than a release lacks its link to it)
     debootstrap_script = "gutsy"

@@ -177,8 +177,9 @@ class Tool:
         return [f"{recipe.source or recipe.name}: {fld}: {self.name} cannot do this: {why}"
                 for fld, why in self.unsupported.items() if _field_is_set(recipe, fld)]
 
-    def cannot_build(self, recipe: Recipe, *, installed: bool = True) -> Optional[str]:
-        """The one answer to "can this tool build this recipe here?": None, or why not."""
+    def cannot_build(self, recipe: Recipe, *, installed: bool = True, probe: Optional[bool] = None) -> Optional[str]:
+        """The one answer to "can this tool build this recipe here?": None, or why not. `installed`: whether the
+        tool must be installed here; `probe` (default: as `installed`): whether the archive must answer."""
         try:
             d, rel = distros.for_recipe(recipe)
         except KeyError as e:
@@ -188,7 +189,9 @@ class Tool:
             refused = self.refusals(recipe)
             why = "; ".join(refused) if refused else None
         if why is None and installed:
-            why = self.unavailable_reason() or self.source_unreachable(recipe)
+            why = self.unavailable_reason()
+        if why is None and (installed if probe is None else probe):
+            why = self.source_unreachable(recipe)
         return why
 
     def source_unreachable(self, recipe: Recipe) -> Optional[str]:

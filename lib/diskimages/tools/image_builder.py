@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import checkers, disk
 from ..disk import DiskInfo
 from ..distros import Distribution, Release
+from ..recipe import RecipeError
 from ..runner import run
 from . import BuildState, DiskTool, shell_command
 
@@ -43,7 +44,8 @@ class ImageBuilder(DiskTool):
               "disk": "image-builder's qcow2 image type"}
 
     def unavailable_reason(self):
-        return None if self.version() else "image-builder is not installed: it is packaged for Fedora (dnf install image-builder), not for this host's distribution"
+        return None if self.version() else ("image-builder is not installed: it is packaged for Fedora "
+                                            "(dnf install image-builder), not for this host's distribution")
 
     def supports(self, distro: Distribution, release: Release, arch: str):
         why = super().supports(distro, release, arch)
@@ -84,8 +86,17 @@ class ImageBuilder(DiskTool):
                           f"autologin-session={desk.session}\n"))
         if r.files_dir:
             for p in sorted(r.files_dir.rglob("*")):
-                if p.is_file() and not p.is_symlink() and p.stat().st_size <= MAX_FILE:
-                    files.append(("/" + str(p.relative_to(r.files_dir)), p.read_text(errors="replace")))
+                if not p.is_file() or p.is_symlink():
+                    continue
+                rel = p.relative_to(r.files_dir)
+                try:
+                    if p.stat().st_size > MAX_FILE:
+                        raise ValueError
+                    files.append((f"/{rel}", p.read_bytes().decode("utf-8")))
+                except (ValueError, UnicodeDecodeError):
+                    raise RecipeError(r.source, "files", f"{rel} is not a UTF-8 text file of at most 1 MiB: a "
+                                                         "blueprint carries only such files (allowed: text files; "
+                                                         "or another tool)") from None
         for path, data in files:
             out += ["[[customizations.files]]", f"path = {_toml(path)}", f"data = {_toml(data)}", ""]
         return "\n".join(out)

@@ -47,7 +47,8 @@ class UbuntuImage(DiskTool):
         return "ubuntu-image ships only as a snap, and this host has no snapd"
 
     def unavailable_reason(self):
-        return None if self.version() else 'ubuntu-image is not installed: it ships only as a snap (snap install ubuntu-image --classic), which this project does not install'
+        return None if self.version() else ("ubuntu-image is not installed: it ships only as a snap, which "
+                                            "scripts/setup.sh installs where snapd runs (not on this host)")
 
     def supports(self, distro: Distribution, release: Release, arch: str):
         why = super().supports(distro, release, arch)
