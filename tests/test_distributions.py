@@ -204,11 +204,31 @@ def test_matrix_lists_the_new_pairs_and_no_impossible_one():
         r = load_checked(recipe)
         for tool in tools:
             t = get_tool(tool)
-            assert ((recipe, tool) in m) == (t.installable_reason() is None), (recipe, tool, t.installable_reason())
+            possible = t.installable_reason() is None and t.host_lacks(r) is None
+            assert ((recipe, tool) in m) == possible, (recipe, tool, t.installable_reason(), t.host_lacks(r))
         for recipe2, tool in m:
             if recipe2 == recipe:
                 assert tool in tools and get_tool(tool).cannot_build(r, installed=False) is None
     assert not [p for p in m if p[1] == "oz"]
+    assert ("ubuntu-24.04-xubuntu", "mmdebstrap") in m
+
+
+def test_a_mirror_for_one_distribution_makes_its_installer_known(monkeypatch):
+    """Where the host's osinfo database predates the release, a Fedora mirror (DISKIMAGES_MIRROR_FEDORA) gives the
+    kickstart its install tree; Debian's DISKIMAGES_MIRROR is never taken for another distribution."""
+    monkeypatch.delenv("DISKIMAGES_MIRROR_FEDORA", raising=False)
+    monkeypatch.setenv("DISKIMAGES_MIRROR", "http://127.0.0.1:9/debian")
+    r = load_checked("fedora-45-xfce")
+    vi = get_tool("virt-install")
+    f = distros.get("fedora")
+    if f.install_tree(f.choose_mirror(), f.default(), "amd64") is None:
+        assert "osinfo database does not know Fedora 45's installer" in vi.host_lacks(r)
+    monkeypatch.setenv("DISKIMAGES_MIRROR_FEDORA", "http://127.0.0.1:9/fedora/linux")
+    assert vi.host_lacks(r) is None
+    assert f.install_tree(f.choose_mirror(), f.default(), "amd64") == \
+        "http://127.0.0.1:9/fedora/linux/releases/45/Everything/x86_64/os"
+    u = distros.get("ubuntu")
+    assert u.choose_mirror().uri != "http://127.0.0.1:9/debian"
 
 
 def test_distribution_modules_are_found_and_own_their_installers():

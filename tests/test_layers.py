@@ -164,11 +164,15 @@ def test_the_fake_tool_goes_through_the_build_orchestration(fake, tmp_path):
                                                           "fakeos-tiny.fakedisk.qcow2"]
 
 
-@pytest.mark.parametrize("tool", ["mmdebstrap", "mkosi", "debos", "virt-install", "packer", "virt-builder"])
-def test_render_writes_every_file_of_every_tool(tool, tmp_path, capsys):
-    assert cli_main(["render", "debian-13-xfce", "--tool", tool, "-o", str(tmp_path)]) == 0
+@pytest.mark.parametrize("recipe,tool", [("debian-13-xfce", t) for t in ("mmdebstrap", "mkosi", "debos",
+                                                                           "virt-install", "packer", "virt-builder")]
+                         + [("ubuntu-24.04-xubuntu", "ubuntu-image"), ("ubuntu-24.04-xubuntu", "virt-install"),
+                            ("fedora-45-xfce", "image-builder"), ("fedora-45-xfce", "packer"),
+                            ("arch-xfce", "arch-boxes")])
+def test_render_writes_every_file_of_every_tool(recipe, tool, tmp_path, capsys):
+    assert cli_main(["render", recipe, "--tool", tool, "-o", str(tmp_path)]) == 0
     written = capsys.readouterr().out.split()
-    files = render("debian-13-xfce", tool)
+    files = render(recipe, tool)
     assert len(written) == len(files) and all(Path(w).is_file() and Path(w).stat().st_size for w in written)
 
 

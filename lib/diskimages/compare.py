@@ -52,8 +52,16 @@ def matrix(recipes=None, tools=None) -> dict:
     is installed or scripts/setup.sh can install a usable version of it here."""
     df = pairs(recipes, tools, check_installed=False)
     installable = {t: get_tool(t).installable_reason() is None for t in set(df.tool)}
+    loaded = {}
+    for given in recipes or list_recipe_names():
+        try:
+            r = load_checked(given)
+            loaded[r.name] = r
+        except RecipeError:
+            pass
     return {"include": [{"recipe": r.recipe, "tool": r.tool} for r in df.itertuples()
-                        if r.buildable and installable[r.tool]]}
+                        if r.buildable and installable[r.tool]
+                        and get_tool(r.tool).host_lacks(loaded[r.recipe]) is None]}
 
 
 def gitlab_pipeline(recipes=None, tools=None) -> str:

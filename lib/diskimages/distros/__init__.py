@@ -122,9 +122,15 @@ class Distribution:
         return [f"{self.name}{release.version}", "linux2022", "generic"]
 
     # -- package sources
+    def mirror_from_env(self) -> Optional[str]:
+        """DISKIMAGES_MIRROR_<NAME> (e.g. DISKIMAGES_MIRROR_FEDORA): a mirror for this distribution only."""
+        import os
+        return os.environ.get(f"DISKIMAGES_MIRROR_{self.name.upper()}") or None
+
     def choose_mirror(self, parameter: Optional[str] = None, root: Path = Path("/")) -> MirrorChoice:
-        if parameter:
-            return MirrorChoice(parameter.rstrip("/"), None, "parameter")
+        param = parameter or self.mirror_from_env()
+        if param:
+            return MirrorChoice(param.rstrip("/"), None, "parameter")
         return MirrorChoice(None, None, "tool default")
 
     def sources_lines(self, mirror: MirrorChoice, release: Release, components=("main",)) -> list[str]:

@@ -86,7 +86,9 @@ class Debian(Distribution):
 
     # -- sources: the host's own archive when the host runs Debian, else the parameter or the tool's default
     def choose_mirror(self, parameter: Optional[str] = None, root: Path = Path("/")) -> MirrorChoice:
-        param = parameter or os.environ.get("DISKIMAGES_MIRROR") or None
+        # DISKIMAGES_MIRROR is Debian's (the first distribution); every family also has its own variable
+        param = parameter or self.mirror_from_env() or \
+            (os.environ.get("DISKIMAGES_MIRROR") if self.name == "debian" else None) or None
         if param:
             return MirrorChoice(param.rstrip("/"), None, "parameter")
         if os_release_id(root) != self.name:

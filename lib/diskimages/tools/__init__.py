@@ -190,9 +190,16 @@ class Tool:
             why = "; ".join(refused) if refused else None
         if why is None and installed:
             why = self.unavailable_reason()
+        if why is None and installed:
+            why = self.host_lacks(recipe)
         if why is None and (installed if probe is None else probe):
             why = self.source_unreachable(recipe)
         return why
+
+    def host_lacks(self, recipe: Recipe) -> Optional[str]:
+        """What this host lacks for this recipe besides the tool itself (e.g. an installer its osinfo database
+        does not know); None when nothing. Asked by the CI matrix on its runner too."""
+        return None
 
     def source_unreachable(self, recipe: Recipe) -> Optional[str]:
         """Why this host cannot fetch what the build installs (None when it can): the distribution's archive,

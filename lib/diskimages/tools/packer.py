@@ -82,17 +82,13 @@ class Packer(DiskTool):
         return self.needs
 
     # -- the installer path
-    def source_unreachable(self, recipe):
-        why = super().source_unreachable(recipe)
-        if why is None:
-            from .. import distros
-            d, rel = distros.for_recipe(recipe)
-            if (self.name == "arch-boxes" or vmbuild.vm_path(d) == "installer") and \
-                    not recipe.tool_options(self.name).get("iso_url") and \
-                    not d.installer_media(rel, recipe.architecture):
-                why = (f"checked, not built here: the host's osinfo database does not know {d.pretty_name} "
-                       f"{rel.version}'s installer ISO (allowed: tools.{self.name}.iso_url)")
-        return why
+    def host_lacks(self, recipe):
+        from .. import distros
+        d, rel = distros.for_recipe(recipe)
+        if vmbuild.vm_path(d) != "installer" or recipe.tool_options(self.name).get("iso_url") or d.installer_media(rel, recipe.architecture):
+            return None
+        return (f"the host's osinfo database does not know {d.pretty_name} {rel.version}'s installer ISO "
+                f"(allowed: tools.{self.name}.iso_url)")
 
     def iso(self, state: BuildState) -> tuple[str, str]:
         """(iso_url, iso_checksum): the option, else the osinfo database's installer ISO with the checksum file

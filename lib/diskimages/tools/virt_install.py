@@ -75,18 +75,17 @@ class VirtInstall(DiskTool):
             return frozenset({"accel", "libvirt"})
         return self.needs
 
-    def source_unreachable(self, recipe):
-        why = super().source_unreachable(recipe)
-        if why is None:
-            from .. import distros
-            d, rel = distros.for_recipe(recipe)
-            if self.path_for(d) == "installer" and not recipe.tool_options(self.name).get("location"):
-                found = d.install_tree(d.choose_mirror(), rel, recipe.architecture) if d.installer == "kickstart" \
-                    else d.installer_media(rel, recipe.architecture)
-                if not found:
-                    why = (f"checked, not built here: the host's osinfo database does not know {d.pretty_name} "
-                           f"{rel.version}'s installer (allowed: tools.{self.name}.location, or --mirror)")
-        return why
+    def host_lacks(self, recipe):
+        from .. import distros
+        d, rel = distros.for_recipe(recipe)
+        if self.path_for(d) != "installer" or recipe.tool_options(self.name).get("location"):
+            return None
+        found = d.install_tree(d.choose_mirror(), rel, recipe.architecture) if d.installer == "kickstart" \
+            else d.installer_media(rel, recipe.architecture)
+        if found:
+            return None
+        return (f"the host's osinfo database does not know {d.pretty_name} {rel.version}'s installer (allowed: "
+                f"tools.{self.name}.location, or a mirror: --mirror or DISKIMAGES_MIRROR_{d.name.upper()})")
 
     def location(self, state: BuildState) -> str:
         """The installer ISO (autoinstall) or install tree (kickstart) this build boots."""
