@@ -20,7 +20,8 @@ def test_image_is_a_valid_compressed_qcow2(minimal_build):
     assert info["format-specific"]["data"]["compression-type"] == "zstd"
     # nothing but the image, its record and its log
     assert sorted(p.name for p in img.parent.iterdir()) == sorted(
-        [img.name, "debian-12-minimal.mmdebstrap.json", "debian-12-minimal.mmdebstrap.log"])
+        [img.name, "debian-12-minimal.mmdebstrap.json", "debian-12-minimal.mmdebstrap.log",
+         "debian-12-minimal.mmdebstrap.spdx.json"])
 
 
 def test_record_has_the_measurements(minimal_build):
@@ -38,6 +39,32 @@ def test_record_has_the_measurements(minimal_build):
     assert len(df) == 1 and df.loc[0, "bootstrap_wall_s"] == rec["phases"]["bootstrap"]["wall_s"]
     table = measure.summary_table(df)
     assert list(table.columns[:3]) == ["tool", "version", "recipe"] and table.loc[0, "packages"] == rec["packages"]
+
+
+def test_manifest_is_valid_spdx_and_matches_dpkg_inside_the_image(minimal_build):
+    """The SBOM beside the image parses and validates with spdx-tools, and lists exactly what dpkg says is
+    installed in the image (name, version, architecture), each with its purl."""
+    from spdx_tools.spdx.parser.parse_anything import parse_file
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+    from diskimages import manifest
+    from diskimages.distros.debian import _paragraphs
+    rec = json.loads(minimal_build.record_path.read_text())
+    path = minimal_build.image.with_name(rec["manifest"])
+    assert path.name == "debian-12-minimal.mmdebstrap.spdx.json"
+    doc = parse_file(str(path))
+    assert validate_full_spdx_document(doc) == []
+    assert doc.creation_info.spdx_version == "SPDX-2.3"
+    rows = manifest.load(path)
+    with ImageReader(minimal_build.image) as r:
+        status = _paragraphs(r.read("/var/lib/dpkg/status"))
+    installed = {(p["package"], p["version"], p["architecture"]) for p in status
+                 if p.get("status", "").endswith(" installed")}
+    assert {(x["name"], x["version"], x["architecture"]) for x in rows} == installed
+    assert rec["manifest_packages"] == len(installed) == rec["packages"]
+    bash = next(x for x in rows if x["name"] == "bash")
+    assert bash["purl"].startswith("pkg:deb/debian/bash@") and "distro=debian-12" in bash["purl"]
+    assert bash["license"] == "GPL-3.0-or-later"               # bash's DEP-5 "GPL-3+" as SPDX
+    assert 0 < rec["manifest_licenses_declared"] < len(rows)
 
 
 def test_image_contents_follow_the_recipe_and_are_clean(minimal_build):

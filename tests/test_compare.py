@@ -53,3 +53,27 @@ def test_compare_reuses_records_and_shows_failures_as_rows(minimal_build, tmp_pa
     assert r.loc[r.recipe == "debian-12-minimal", "build s"].iloc[0] == 1.0
     assert (out / "notebooks" / "debian-12-gnome.mmdebstrap.ipynb").is_file()
     assert not list(out.glob("debian-12-gnome.mmdebstrap.qcow2"))
+
+
+def test_package_differences_say_what_each_tool_adds_or_lacks(tmp_path):
+    """Two images of one recipe whose manifests differ: the table lists only the packages not in both, with
+    each tool's version, and the summary counts them per tool."""
+    import json
+    from spdx_tools.spdx.writer.json.json_writer import write_document_to_file
+    from diskimages import distros, manifest
+    d = distros.get("debian")
+    common = [{"name": "bash", "version": "5.2", "architecture": "amd64", "source": "bash", "license": "GPL-3+"}]
+    extra = {"mmdebstrap": [], "virt-install": [{"name": "cloud-init", "version": "24.1", "architecture": "all",
+                                                 "source": "cloud-init", "license": None}]}
+    for tool, pkgs in extra.items():
+        doc = manifest.document(common + pkgs, d, d.default(), image_name=f"r.{tool}.qcow2", creators=["test"])
+        write_document_to_file(doc, str(tmp_path / f"r.{tool}.spdx.json"))
+        (tmp_path / f"r.{tool}.json").write_text(json.dumps(
+            {"kind": "diskimages.build", "recipe": "r", "tool": tool, "manifest": f"r.{tool}.spdx.json",
+             "phases": {}, "total_wall_s": 1}))
+    df = compare.load(tmp_path)
+    diff = compare.package_differences(df, tmp_path, "r")
+    assert list(diff.index) == ["cloud-init"] and diff.loc["cloud-init"].to_dict() == {"mmdebstrap": "",
+                                                                                      "virt-install": "24.1"}
+    summary = compare.package_summary(diff)
+    assert summary.loc["virt-install", "has, others lack"] == 1 and summary.loc["mmdebstrap", "lacks"] == 1

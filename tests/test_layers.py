@@ -67,6 +67,7 @@ RULES = {
     "disk.py": {"tools"} | ABOVE_TOOLS,
     "vmbuild.py": {"tools"} | ABOVE_TOOLS,
     "checkers.py": {"distros", "tools", "customize", "disk", "vmbuild"} | ABOVE_TOOLS,
+    "manifest.py": {"tools", "customize", "vmbuild"} | ABOVE_TOOLS,
     "preflight.py": {"compare", "docs", "explore", "cli"},
     "tools": ABOVE_TOOLS,
     "build.py": {"compare", "docs", "explore", "cli"},

@@ -30,8 +30,10 @@ def image(tmp_path):
     with open(img, "ab") as f:
         f.write(os.urandom(3 << 20))          # some content, so digests mean something
     rec = {"kind": "diskimages.build", "recipe": "demo", "tool": "mmdebstrap", "tool_version": "1.3.5",
-           "virtual_bytes": 64 << 20, "file_bytes": img.stat().st_size, "total_wall_s": 12.5, "format": "qcow2"}
+           "virtual_bytes": 64 << 20, "file_bytes": img.stat().st_size, "total_wall_s": 12.5, "format": "qcow2",
+           "manifest": "demo.mmdebstrap.spdx.json"}
     img.with_suffix(".json").write_text(json.dumps(rec))
+    img.with_name("demo.mmdebstrap.spdx.json").write_text('{"spdxVersion": "SPDX-2.3", "packages": []}')
     return img
 
 
@@ -77,11 +79,17 @@ def test_push_pull_roundtrip_with_annotations(registry, image, tmp_path, no_cred
     assert ann["io.github.diskimages.recipe"] == "demo" and ann["io.github.diskimages.build-seconds"] == "12.5"
     assert "org.opencontainers.image.created" in ann and "org.opencontainers.image.revision" in ann
 
+    sbom = m["layers"][2]          # the package manifest travels with the image, as its own layer
+    assert sbom["mediaType"] == "application/spdx+json" and sbom["digest"] == sha(image.with_name(
+        "demo.mmdebstrap.spdx.json")) and sbom["annotations"]["org.opencontainers.image.title"] == \
+        "demo.mmdebstrap.spdx.json"
+
     # by tag and by digest
     for r in (f"{registry.host}/diskimages/demo:latest", res.pinned):
         out = publish.pull(r, tmp_path / "out", progress=False)
         assert out.digest == res.digest
         assert sha(tmp_path / "out" / image.name) == sha(image)
+        assert sha(tmp_path / "out" / "demo.mmdebstrap.spdx.json") == sbom["digest"]
         assert json.loads((tmp_path / "out" / "demo.mmdebstrap.json").read_text())["recipe"] == "demo"
     df = publish.tags(f"{registry.host}/diskimages/demo")
     assert list(df["tag"]) == ["latest", "v1"] and set(df["recipe"]) == {"demo"}

@@ -164,12 +164,15 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
             with _services(t, state):
                 info = t.execute(state, raw)
             allocated = measure.allocated_bytes(raw)
+            sbom = _manifest(raw, state, t, final, work)
             with phase(COMPRESS):
                 disk.convert(raw, partial, recipe.output.format, recipe.output.compression, log=log)
                 subprocess.run(["qemu-img", "check", "-q", str(partial)], check=recipe.output.format == "qcow2",
                                capture_output=True)
                 sha = measure.sha256_file(partial)
             os.replace(partial, final)
+            if sbom.get("manifest"):
+                os.replace(work / "manifest.spdx.json", output_dir / sbom["manifest"])
         finally:
             bar.close()
             partial.unlink(missing_ok=True)
@@ -195,13 +198,49 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
         "file_bytes": final.stat().st_size, "sha256": sha,
         "image": final.name, "format": recipe.output.format, "compression": recipe.output.compression,
         "firmware": recipe.disk.firmware, "kernel": info.kernel, "root_uuid": info.root_uuid,
-        "host_workarounds": state.host_workarounds,
+        "host_workarounds": state.host_workarounds, **sbom,
         "base": state.base.as_record() if state.base else None, "sparsified": state.sparsified,
         "autologin_uid": recipe.user_uid(recipe.autologin) if recipe.autologin else None,
         "expect": "desktop" if recipe.desktop != "none" else "login",
     }
     measure.write_record(record, record_path)
     return BuildResult(final, record_path, log, record)
+
+
+def manifest_table(result: "BuildResult"):
+    """The image's package manifest as a table (name, version, architecture, declared licence, purl), with the
+    counts in its caption; says why when the build could not write one."""
+    import pandas as pd
+    from . import manifest
+    rec = result.record
+    if not rec.get("manifest"):
+        return pd.DataFrame({"manifest": [f"none: {rec.get('manifest_error', 'not written')}"]})
+    df = pd.DataFrame(manifest.load(result.image.with_name(rec["manifest"])))
+    shown = 25
+    return df.head(shown).style.set_caption(
+        f"{rec['manifest']}: {rec['manifest_packages']} packages ({min(shown, len(df))} shown), "
+        f"{rec['manifest_licenses_declared']} with an SPDX licence declared") if len(df) else df
+
+
+def manifest_path(image: Path) -> Path:
+    """The SPDX manifest beside an image: NAME.TOOL.spdx.json for NAME.TOOL.qcow2."""
+    return image.with_name(image.name.rsplit(".", 1)[0] + ".spdx.json")
+
+
+def _manifest(raw: Path, state: BuildState, tool: Tool, final: Path, work: Path) -> dict:
+    """The image's package manifest (SPDX), read from the finished disk; a build whose manifest cannot be read
+    still succeeds and its record says why."""
+    import time
+    from . import __version__, manifest
+    t0 = time.monotonic()
+    try:
+        info = manifest.write(raw, state.distro, state.release, work / "manifest.spdx.json", image_name=final.name,
+                              creators=[f"diskimages-{__version__}", f"{tool.name}-{tool.version() or 'unknown'}"])
+        info["manifest"] = manifest_path(final).name
+    except (OSError, RuntimeError, ValueError, subprocess.CalledProcessError) as e:
+        return {"manifest": None, "manifest_error": str(e).splitlines()[0][:300]}
+    info["manifest_s"] = round(time.monotonic() - t0, 2)
+    return info
 
 
 @contextlib.contextmanager

@@ -179,6 +179,37 @@ def load(output_dir: Path | str):
     return df
 
 
+def package_differences(df, output_dir: Path | str, recipe: str):
+    """For one recipe, the packages not every tool's image has: one row per package, one column per tool with
+    the version it installed (empty where the image lacks it), read from each image's SPDX manifest. The VM
+    builders' images carry cloud-init and their base's kernel, for example: this table says so."""
+    import pandas as pd
+    from . import manifest
+    sub = df[(df["recipe"] == recipe) & (df["status"] == "built")] if len(df) else df
+    versions: dict[str, dict[str, str]] = {}
+    for row in sub.itertuples():
+        name = getattr(row, "manifest", None)
+        path = Path(output_dir) / str(name) if isinstance(name, str) and name else None
+        if path is None or not path.is_file():
+            continue
+        versions[row.tool] = {p["name"]: p["version"] for p in manifest.load(path)}
+    if len(versions) < 2:
+        return pd.DataFrame()
+    every = set.intersection(*(set(v) for v in versions.values()))
+    names = sorted(set().union(*(set(v) for v in versions.values())) - every)
+    table = pd.DataFrame({t: [v.get(n, "") for n in names] for t, v in sorted(versions.items())}, index=names)
+    table.index.name = f"packages not in every {recipe} image ({len(every)} are in all)"
+    return table
+
+
+def package_summary(diff):
+    """Per tool: how many of those packages its image adds (has where another lacks) and lacks."""
+    import pandas as pd
+    if diff.empty:
+        return diff
+    return pd.DataFrame({"has, others lack": (diff != "").sum(), "lacks": (diff == "").sum()})
+
+
 def table(df, recipe: Optional[str] = None):
     """The comparison table (one row per tool) for one recipe, or all."""
     if df.empty:

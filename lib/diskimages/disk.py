@@ -287,3 +287,19 @@ def raw_disk_info(raw: Path, distro: Distribution) -> DiskInfo:
                if f.count("/") >= 6 and f.split("/")[5].startswith("vmlinuz-")]
     return DiskInfo(root_uuid=uuid, kernel=sorted(kernels)[-1] if kernels else "",
                     packages=packages, rootfs_bytes=(blocks - free) * bsize)
+
+
+def extract(raw: Path, paths: list[str], dest: Path) -> None:
+    """Copy files and folders out of a raw disk's root file system into `dest` (same paths below it), with one
+    debugfs run and no mount; paths the image lacks are left out."""
+    import tempfile
+    target = f"{raw}?offset={root_partition_offset(raw)}"
+    with tempfile.NamedTemporaryFile("w", suffix=".debugfs", dir=dest) as cmds:
+        for p in paths:
+            if not p.startswith("/") or '"' in p or "\n" in p:
+                raise ValueError(f"not an absolute image path: {p!r}")
+            parent = dest / p.lstrip("/").rsplit("/", 1)[0] if "/" in p.lstrip("/") else dest
+            parent.mkdir(parents=True, exist_ok=True)
+            cmds.write(f'rdump "{p}" "{parent}"\n')
+        cmds.flush()
+        subprocess.run(["debugfs", "-f", cmds.name, target], capture_output=True)

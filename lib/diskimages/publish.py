@@ -23,6 +23,7 @@ from .registry import OCI_INDEX, OCI_MANIFEST, Ref, RegistryClient, RegistryErro
 ARTIFACT_TYPE = "application/vnd.diskimages.image.v1"
 DISK_MEDIA_TYPES = {"qcow2": "application/x-qemu-disk", "raw": "application/octet-stream"}
 RECORD_MEDIA_TYPE = "application/vnd.diskimages.build-record.v1+json"
+SPDX_MEDIA_TYPE = "application/spdx+json"          # the image's package manifest (SBOM), beside the disk
 EMPTY_CONFIG = {"mediaType": "application/vnd.oci.empty.v1+json",
                 "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", "size": 2}
 ANNOTATION_PREFIX = "io.github.diskimages."
@@ -71,7 +72,8 @@ class PushResult:
 
 
 def build_manifest(image: Path, digest: str, size: int, record: Optional[dict], record_blob: Optional[tuple],
-                   title: Optional[str] = None, description: Optional[str] = None) -> dict:
+                   title: Optional[str] = None, description: Optional[str] = None,
+                   sbom_blob: Optional[tuple] = None) -> dict:
     fmt = "qcow2" if image.suffix == ".qcow2" else "raw"
     layers = [{"mediaType": DISK_MEDIA_TYPES[fmt], "digest": digest, "size": size,
                "annotations": {"org.opencontainers.image.title": image.name}}]
@@ -79,6 +81,10 @@ def build_manifest(image: Path, digest: str, size: int, record: Optional[dict], 
         rdigest, rsize = record_blob
         layers.append({"mediaType": RECORD_MEDIA_TYPE, "digest": rdigest, "size": rsize,
                        "annotations": {"org.opencontainers.image.title": image.with_suffix(".json").name}})
+    if sbom_blob:
+        sdigest, ssize, sname = sbom_blob
+        layers.append({"mediaType": SPDX_MEDIA_TYPE, "digest": sdigest, "size": ssize,
+                       "annotations": {"org.opencontainers.image.title": sname}})
     source, revision = _source_and_revision()
     ann = {"org.opencontainers.image.created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
            "org.opencontainers.image.title": title or image.name}
@@ -128,7 +134,15 @@ def push(image: Path | str, ref: str, *, record: Optional[dict] = None, extra_ta
         rdigest = "sha256:" + hashlib.sha256(raw).hexdigest()
         c.push_bytes(r, raw, rdigest)
         record_blob = (rdigest, len(raw))
-    manifest = build_manifest(image, digest, size, record, record_blob)
+    sbom_blob = None
+    name = str((record or {}).get("manifest") or "")
+    sbom = image.with_name(name) if SAFE_TITLE.fullmatch(name) else None
+    if sbom and sbom.is_file():
+        data = sbom.read_bytes()
+        sdigest = "sha256:" + hashlib.sha256(data).hexdigest()
+        c.push_bytes(r, data, sdigest)
+        sbom_blob = (sdigest, len(data), sbom.name)
+    manifest = build_manifest(image, digest, size, record, record_blob, sbom_blob=sbom_blob)
     raw_manifest = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
     mdigest = c.put_manifest(r, raw_manifest, OCI_MANIFEST)
     for tag in extra_tags:

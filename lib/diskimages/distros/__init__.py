@@ -195,6 +195,27 @@ class Distribution:
         """How many packages are installed, from the text of `package_db` (read from a disk by debugfs)."""
         raise NotImplementedError
 
+    # -- the package manifest (SBOM): read from a finished image's files, extracted without mounting it
+    #: the paths in an image that hold the installed-package database (files or folders)
+    manifest_paths: ClassVar[tuple[str, ...]] = ()
+    #: the purl type of this distribution's packages (https://github.com/package-url/purl-spec)
+    purl_type: ClassVar[str] = "generic"
+
+    def manifest(self, root: Path) -> list[dict]:
+        """[{name, version, architecture, source, license}] from a root holding (at least) `manifest_paths` and
+        the files `license_paths` named; `license` is the package's declared licence as the distribution writes
+        it, or None where the package declares none machine-readably."""
+        raise NotImplementedError
+
+    def license_paths(self, packages: list[dict]) -> dict[str, str]:
+        """{package name: path in the image} of the files that declare each package's licence, for distributions
+        that keep it outside the package database (Debian's copyright files)."""
+        return {}
+
+    def spdx_license(self, declared: Optional[str]) -> Optional[str]:
+        """The declared licence as an SPDX expression where it is one (None otherwise)."""
+        return declared
+
     def chroot_env(self) -> dict[str, str]:
         """Environment for commands run in the image's tree (no interactive questions)."""
         return {}

@@ -71,6 +71,21 @@ class Arch(Distribution):
                          "architecture": fields.get("ARCH", "")})
         return rows
 
+    # -- the manifest: pacman's local database, one desc file per package; Arch's licences are SPDX ids
+    manifest_paths = ("/var/lib/pacman/local",)
+    purl_type = "alpm"
+
+    def manifest(self, root: Path) -> list[dict]:
+        rows = []
+        for desc in sorted((root / "var/lib/pacman/local").glob("*/desc")):
+            f = _pacman_fields(desc.read_text(errors="replace"))
+            lic = f.get("LICENSE", [])
+            rows.append({"name": (f.get("NAME") or [""])[0], "version": (f.get("VERSION") or [""])[0],
+                         "architecture": (f.get("ARCH") or [""])[0],
+                         "source": (f.get("BASE") or f.get("NAME") or [""])[0],
+                         "license": " AND ".join(lic) if lic else None})
+        return sorted(rows, key=lambda r: (r["name"], r["architecture"]))
+
     def count_packages_in_db(self, db_text: str) -> int:
         raise NotImplementedError("pacman's database is a folder per package: count with installed_packages")
 
@@ -140,4 +155,19 @@ def _pacman_desc(text: str) -> dict[str, str]:
             key = line.strip("%")
         elif key and line and key not in out:
             out[key] = line
+    return out
+
+
+def _pacman_fields(text: str) -> dict[str, list[str]]:
+    """pacman's desc file: %FIELD% then its values, one per line, until a blank line."""
+    out: dict[str, list[str]] = {}
+    key = None
+    for line in text.splitlines():
+        if line.startswith("%") and line.endswith("%") and len(line) > 2:
+            key = line.strip("%")
+            out[key] = []
+        elif key and line:
+            out[key].append(line)
+        else:
+            key = None
     return out

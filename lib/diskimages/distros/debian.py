@@ -151,6 +151,43 @@ class Debian(Distribution):
     def count_packages_in_db(self, db_text: str) -> int:
         return sum(1 for s in db_text.split("\n\n") if "Status: install ok installed" in s)
 
+    # -- the manifest: dpkg's status file and each package's machine-readable copyright file (DEP-5)
+    manifest_paths = ("/var/lib/dpkg/status",)
+    purl_type = "deb"
+
+    def manifest(self, root: Path) -> list[dict]:
+        rows = []
+        for para in _paragraphs((root / "var/lib/dpkg/status").read_text(errors="replace")):
+            if para.get("status", "").split()[-1:] != ["installed"]:
+                continue
+            source = para.get("source", para.get("package", "")).split(" ")[0] or para.get("package")
+            name = para.get("package", "")
+            copyright_file = root / f"usr/share/doc/{name}/copyright"
+            rows.append({"name": name, "version": para.get("version", ""),
+                         "architecture": para.get("architecture", ""), "source": source,
+                         "license": dep5_license(copyright_file.read_text(errors="replace"))
+                         if copyright_file.is_file() else None})
+        return sorted(rows, key=lambda r: (r["name"], r["architecture"]))
+
+    def license_paths(self, packages: list[dict]) -> dict[str, str]:
+        return {p["name"]: f"/usr/share/doc/{p['name']}/copyright" for p in packages}
+
+    def spdx_license(self, declared: Optional[str]) -> Optional[str]:
+        """Debian's licence short names (copyright-format 1.0) as SPDX identifiers, where each has one."""
+        if not declared:
+            return None
+        parts = re.split(r"\s+(or|and)\s+", declared.strip())
+        out = []
+        for i, part in enumerate(parts):
+            if i % 2:
+                out.append(part.upper())
+                continue
+            spdx = DEBIAN_TO_SPDX.get(part) or (part if part in SPDX_SAME else None)
+            if spdx is None:
+                return None
+            out.append(spdx)
+        return " ".join(out)
+
     def chroot_env(self) -> dict[str, str]:
         return {"DEBIAN_FRONTEND": "noninteractive"}
 
@@ -294,3 +331,48 @@ def host_apt_sources(root: Path = Path("/")) -> list[AptSource]:
             elif f.suffix == ".list":
                 sources += _parse_one_line(f.read_text(errors="replace"))
     return sources
+
+
+def _paragraphs(text: str) -> list[dict[str, str]]:
+    """deb822 paragraphs (dpkg's status file): {lower-case field: first-line value}."""
+    out = []
+    for block in re.split(r"\n\s*\n", text):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            if line and not line[0].isspace() and ":" in line:
+                k, _, v = line.partition(":")
+                fields[k.strip().lower()] = v.strip()
+        if fields:
+            out.append(fields)
+    return out
+
+
+def dep5_license(text: str) -> Optional[str]:
+    """The licence of the `Files: *` paragraph of a machine-readable copyright file (None when the file is not
+    machine-readable or has no such paragraph)."""
+    if not text.startswith("Format:"):
+        return None
+    for block in re.split(r"\n\s*\n", text):
+        lines = block.splitlines()
+        files = next((x.partition(":")[2].strip() for x in lines if x.lower().startswith("files:")), None)
+        if files == "*":
+            lic = next((x.partition(":")[2].strip() for x in lines if x.lower().startswith("license:")), "")
+            return lic or None
+    return None
+
+
+#: Debian's copyright-format short names whose SPDX identifier differs (the rest are the same, SPDX_SAME)
+DEBIAN_TO_SPDX = {
+    "GPL-1": "GPL-1.0-only", "GPL-1+": "GPL-1.0-or-later", "GPL-2": "GPL-2.0-only", "GPL-2+": "GPL-2.0-or-later",
+    "GPL-3": "GPL-3.0-only", "GPL-3+": "GPL-3.0-or-later", "LGPL-2": "LGPL-2.0-only", "LGPL-2+": "LGPL-2.0-or-later",
+    "LGPL-2.1": "LGPL-2.1-only", "LGPL-2.1+": "LGPL-2.1-or-later", "LGPL-3": "LGPL-3.0-only",
+    "LGPL-3+": "LGPL-3.0-or-later", "AGPL-3": "AGPL-3.0-only", "AGPL-3+": "AGPL-3.0-or-later",
+    "GFDL-1.2": "GFDL-1.2-only", "GFDL-1.2+": "GFDL-1.2-or-later", "GFDL-1.3": "GFDL-1.3-only",
+    "GFDL-1.3+": "GFDL-1.3-or-later", "Expat": "MIT", "BSD-2-clause": "BSD-2-Clause",
+    "BSD-3-clause": "BSD-3-Clause", "BSD-4-clause": "BSD-4-Clause", "MPL-1.1": "MPL-1.1", "MPL-2.0": "MPL-2.0",
+    "Artistic": "Artistic-1.0-Perl", "Artistic-2.0": "Artistic-2.0", "Apache-2": "Apache-2.0",
+    "Zlib": "Zlib", "zlib": "Zlib", "PSF-2": "PSF-2.0", "OpenSSL": "OpenSSL", "ISC": "ISC",
+}
+SPDX_SAME = {"Apache-2.0", "MIT", "ISC", "CC0-1.0", "CC-BY-3.0", "CC-BY-4.0", "CC-BY-SA-3.0", "CC-BY-SA-4.0",
+             "BSL-1.0", "MPL-2.0", "EPL-1.0", "EPL-2.0", "Unlicense", "WTFPL", "X11", "0BSD", "Python-2.0",
+             "OFL-1.1", "curl", "Libpng", "IJG", "FTL", "BSD-1-Clause"}

@@ -81,6 +81,28 @@ class Fedora(Distribution):
         return [dict(zip(("name", "version", "architecture"), line.split("\t")))
                 for line in out.stdout.splitlines() if line.count("\t") == 2 and not line.startswith("gpg-pubkey")]
 
+    # -- the manifest: rpm's database (SQLite), read with the host's rpm; Fedora's License tags are SPDX
+    manifest_paths = ("/var/lib/rpm",)
+    purl_type = "rpm"
+
+    def manifest(self, root: Path) -> list[dict]:
+        import shutil
+        if not shutil.which("rpm"):
+            raise RuntimeError("rpm is needed on the build host to read Fedora's package database "
+                               "(Debian/Ubuntu package rpm)")
+        out = subprocess.run(["rpm", "--dbpath", str(root / "var/lib/rpm"), "-qa", "--qf",
+                              "%{NAME}\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\t%{ARCH}\t%{SOURCERPM}\t%{LICENSE}\n"],
+                             capture_output=True, text=True, check=True).stdout
+        rows = []
+        for line in out.splitlines():
+            name, version, arch, srpm, lic = (line.split("\t") + [""] * 5)[:5]
+            if not name or name == "gpg-pubkey":
+                continue
+            rows.append({"name": name, "version": version.removeprefix("0:"), "architecture": arch,
+                         "source": srpm.rsplit("-", 2)[0] if srpm not in ("", "(none)") else name,
+                         "license": lic if lic not in ("", "(none)") else None})
+        return sorted(rows, key=lambda r: (r["name"], r["architecture"]))
+
     def count_packages_in_db(self, db_text: str) -> int:
         raise NotImplementedError("the rpm database is SQLite: count with rpm --root on the tree")
 
