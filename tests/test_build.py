@@ -106,3 +106,30 @@ def test_unbootable_disk_fails_clearly(tmp_path):
     assert "no output on the serial console" in res.reason
     assert res.seconds < 150
     assert not list(tmp_path.glob("diskimages-vm-*"))
+
+
+def test_a_second_build_with_the_same_content_key_is_skipped(minimal_build):
+    """The same recipe, tool, configuration and resolved packages: no build, the image is reused in seconds and
+    the record says so; an image changed on disk since is not reused."""
+    import time
+    from diskimages.build import _reusable, build, content_key
+    from diskimages.tools import get_tool, load_checked
+    rec = minimal_build.record
+    assert rec["content_key"].startswith("sha256:") and rec["resolved_packages"] > 100 and rec["reused"] is False
+    before = minimal_build.image.stat().st_mtime_ns
+    t0 = time.monotonic()
+    again = build("debian-12-minimal", "mmdebstrap", minimal_build.image.parent, progress=False)
+    took = time.monotonic() - t0
+    assert took < 5, took
+    assert again.record["reused"] is True and again.record["reused_image"] == minimal_build.image.name
+    assert again.record["content_key"] == rec["content_key"] and again.record["sha256"] == rec["sha256"]
+    assert minimal_build.image.stat().st_mtime_ns == before                 # not rewritten
+    assert json.loads(minimal_build.record_path.read_text())["reused"] is True
+    key, _ = content_key(load_checked("debian-12-minimal"), get_tool("mmdebstrap"))
+    os_touch = minimal_build.image.stat()
+    import os
+    os.utime(minimal_build.image, ns=(os_touch.st_atime_ns, os_touch.st_mtime_ns + 1))
+    try:
+        assert _reusable(minimal_build.image, minimal_build.record_path, key) is None
+    finally:
+        os.utime(minimal_build.image, ns=(os_touch.st_atime_ns, os_touch.st_mtime_ns))

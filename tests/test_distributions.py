@@ -276,3 +276,23 @@ def test_ubuntu_small_builds_with_mmdebstrap_and_boots(tmp_path):
             r.read(f"/etc/apt/sources.list.d/{f}") for f in r.listdir("/etc/apt/sources.list.d"))
     result = boot_check(res.image, rec, screenshot_dir=tmp_path)
     assert result.passed, result.reason
+
+
+def test_content_key_follows_the_recipe_and_the_resolved_packages(tmp_path):
+    """The key is the same for the same inputs, changes with a recipe field (the hostname), and carries the
+    exact package set apt would install from the mirror's current index (resolved in seconds, no build)."""
+    from diskimages.build import content_key
+    recipe = load_checked("debian-13-minimal")
+    t0 = time.monotonic()
+    k1, info = content_key(recipe, get_tool("mmdebstrap"))
+    if k1 is None:
+        pytest.skip(f"the mirror cannot be read here: {info}")
+    assert time.monotonic() - t0 < 60 and info["resolved_packages"] > 100
+    t0 = time.monotonic()
+    assert content_key(recipe, get_tool("mmdebstrap"))[0] == k1
+    assert time.monotonic() - t0 < 3                      # the resolution is kept per index and request
+    other = recipe.model_copy(update={"hostname": "another-name"})
+    assert content_key(other, get_tool("mmdebstrap"))[0] != k1
+    assert content_key(recipe, get_tool("debos"))[0] not in (k1, None)
+    fedora = content_key(load_checked("fedora-45-xfce"), get_tool("mkosi"))
+    assert fedora[0] is None and "not implemented" in fedora[1]["content_key_missing"]

@@ -31,7 +31,7 @@ def image(tmp_path):
         f.write(os.urandom(3 << 20))          # some content, so digests mean something
     rec = {"kind": "diskimages.build", "recipe": "demo", "tool": "mmdebstrap", "tool_version": "1.3.5",
            "virtual_bytes": 64 << 20, "file_bytes": img.stat().st_size, "total_wall_s": 12.5, "format": "qcow2",
-           "manifest": "demo.mmdebstrap.spdx.json"}
+           "manifest": "demo.mmdebstrap.spdx.json", "content_key": "sha256:" + "ab" * 32}
     img.with_suffix(".json").write_text(json.dumps(rec))
     img.with_name("demo.mmdebstrap.spdx.json").write_text('{"spdxVersion": "SPDX-2.3", "packages": []}')
     return img
@@ -77,6 +77,7 @@ def test_push_pull_roundtrip_with_annotations(registry, image, tmp_path, no_cred
     assert disk["annotations"]["org.opencontainers.image.title"] == image.name
     ann = m["annotations"]
     assert ann["io.github.diskimages.recipe"] == "demo" and ann["io.github.diskimages.build-seconds"] == "12.5"
+    assert ann["io.github.diskimages.content-key"] == "sha256:" + "ab" * 32
     assert "org.opencontainers.image.created" in ann and "org.opencontainers.image.revision" in ann
 
     sbom = m["layers"][2]          # the package manifest travels with the image, as its own layer

@@ -128,10 +128,52 @@ def check_mirror(state: BuildState, timeout: float = 10.0) -> None:
                           "(allowed: a release whose mirror answers; give one with --mirror)") from None
 
 
+def content_key(recipe: Recipe, tool: Tool, mirror: Optional[str] = None) -> tuple[Optional[str], dict]:
+    """The build's content key: sha256 over the recipe digest (its data, files and scripts), the tool and its
+    version, the tool's rendered configuration, and the resolved package set (exact versions, as the package
+    manager would install them from the mirror's current index, resolved without building).
+    (None, {why}) where the distribution's package set cannot be resolved here."""
+    import hashlib
+    import json
+    from . import __version__
+    state = new_state(recipe, Path("WORK"), Path("LOG"), mirror)
+    d = state.distro
+    try:
+        resolved = d.resolve(d.packages_for(recipe), state.release, recipe.architecture, state.mirror)
+    except (NotImplementedError, RuntimeError, OSError) as e:
+        return None, {"content_key_missing": str(e).splitlines()[0][:200]}
+    config = {name: hashlib.sha256(text.encode()).hexdigest() for name, text in sorted(tool.render(state).items())}
+    data = {"recipe": recipe.digest(), "tool": tool.name, "tool_version": tool.version(), "config": config,
+            "packages": resolved, "diskimages": __version__}
+    key = "sha256:" + hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return key, {"content_key": key, "resolved_packages": len(resolved)}
+
+
+def _reusable(final: Path, record_path: Path, key: str) -> Optional[dict]:
+    """The record of the image already in the output folder when it was built with this content key and is
+    still the file that build wrote (size and modification time as recorded)."""
+    import json
+    try:
+        rec = json.loads(record_path.read_text())
+        st = final.stat()
+    except (OSError, ValueError):
+        return None
+    if rec.get("content_key") != key or rec.get("file_bytes") != st.st_size or \
+            rec.get("image_mtime_ns") != st.st_mtime_ns:
+        return None
+    if rec.get("manifest") and not (final.parent / str(rec["manifest"])).is_file():
+        return None
+    return rec
+
+
 def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str | Path = "build",
           mirror: Optional[str] = None, compression: Optional[str] = None, use_cache: bool = True,
-          progress: bool = True, listener=None) -> BuildResult:
-    """Build `recipe` with `tool` into `output_dir`. `listener(event)` gets the progress events (see Progress)."""
+          progress: bool = True, listener=None, rebuild: bool = False) -> BuildResult:
+    """Build `recipe` with `tool` into `output_dir`. `listener(event)` gets the progress events (see Progress).
+    An image already there with the same content key (`content_key`) is reused, not rebuilt, unless
+    `rebuild`; its record then says `reused`."""
+    import time
+    t_start = time.monotonic()
     recipe, t = prepare(recipe, tool, compression)
     if os.geteuid() != 0:
         raise PermissionError("building an image needs root (the tools chroot and keep file ownership): "
@@ -140,6 +182,17 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
     output_dir.mkdir(parents=True, exist_ok=True)
     reap_stale_work(output_dir)
     final, record_path, log = artifact_paths(output_dir, recipe, t)
+    key, key_info = content_key(recipe, t, mirror)
+    if key and not rebuild:
+        old = _reusable(final, record_path, key)
+        if old is not None:
+            record = {**old, "reused": True, "reused_image": final.name,
+                      "reused_check_s": round(time.monotonic() - t_start, 2)}
+            measure.write_record(record, record_path)
+            if progress:
+                print(f"{recipe.name} / {t.name}: reused {final.name}: its content key matches "
+                      f"({key[:19]}; rebuild to build it again)", flush=True)
+            return BuildResult(final, record_path, log, record)
     work = output_dir / f"{WORK_PREFIX}{recipe.name}.{t.name}-{os.getpid()}"
     partial = output_dir / f".{final.name}-{os.getpid()}.partial"
     timer = measure.PhaseTimer()
@@ -198,7 +251,8 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
         "file_bytes": final.stat().st_size, "sha256": sha,
         "image": final.name, "format": recipe.output.format, "compression": recipe.output.compression,
         "firmware": recipe.disk.firmware, "kernel": info.kernel, "root_uuid": info.root_uuid,
-        "host_workarounds": state.host_workarounds, **sbom,
+        "host_workarounds": state.host_workarounds, **sbom, **key_info, "reused": False,
+        "image_mtime_ns": final.stat().st_mtime_ns,
         "base": state.base.as_record() if state.base else None, "sparsified": state.sparsified,
         "autologin_uid": recipe.user_uid(recipe.autologin) if recipe.autologin else None,
         "expect": "desktop" if recipe.desktop != "none" else "login",

@@ -104,7 +104,7 @@ def _cmd_check(args) -> int:
 def _cmd_build(args) -> int:
     from .build import build
     res = build(args.recipe, args.tool, args.output_dir, mirror=args.mirror, compression=args.compression,
-                use_cache=not args.no_cache, progress=not args.quiet)
+                use_cache=not args.no_cache, progress=not args.quiet, rebuild=args.rebuild)
     print(res.table().to_string(index=False))
     print(f"image:  {res.image}\nrecord: {res.record_path}\nlog:    {res.log}")
     if args.boot:
@@ -316,6 +316,9 @@ def parser() -> argparse.ArgumentParser:
                                     "runs the recipe's distribution, else the tool's default)")
     p.add_argument("--compression", choices=["zstd", "zlib", "none"])
     p.add_argument("--no-cache", action="store_true", help="do not reuse or keep downloaded packages")
+    p.add_argument("--rebuild", action="store_true", help="build even when the image in the output folder has "
+                                                          "the same content key (recipe, tool, configuration, "
+                                                          "resolved packages)")
     p.add_argument("--boot", action="store_true", help="boot-check the image after building")
     p.add_argument("-q", "--quiet", action="store_true")
     _add_boot_opts(p)

@@ -123,7 +123,8 @@ def run_pair(recipe: str, tool: str, output_dir: Path, *, rebuild: bool = False,
     try:
         pm.execute_notebook(str(notebooks_dir() / "build.ipynb"), str(nb_dir / f"{recipe}.{tool}.ipynb"),
                             parameters={"recipe": recipe, "tool": tool, "output_dir": str(output_dir),
-                                        "mirror": mirror, "boot_test": boot_test}, progress_bar=False)
+                                        "mirror": mirror, "boot_test": boot_test, "rebuild": rebuild},
+                            progress_bar=False)
     except Exception as e:   # papermill raises PapermillExecutionError with the cell's error
         log = output_dir / f"{recipe}.{tool}.log"
         tail = log.read_text(errors="replace").splitlines()[-20:] if log.is_file() else []

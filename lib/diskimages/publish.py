@@ -98,7 +98,8 @@ def build_manifest(image: Path, digest: str, size: int, record: Optional[dict], 
         ours = {"recipe": record.get("recipe"), "tool": record.get("tool"), "tool-version": record.get("tool_version"),
                 "virtual-size": record.get("virtual_bytes"), "compressed-size": record.get("file_bytes"),
                 "build-seconds": record.get("total_wall_s"), "format": record.get("format"),
-                "firmware": record.get("firmware"), "desktop": record.get("desktop")}
+                "firmware": record.get("firmware"), "desktop": record.get("desktop"),
+                "content-key": record.get("content_key")}
         ann.update({ANNOTATION_PREFIX + k: str(v) for k, v in ours.items() if v is not None})
     return {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": ARTIFACT_TYPE, "config": EMPTY_CONFIG,
             "layers": layers, "annotations": ann}

@@ -195,6 +195,13 @@ class Distribution:
         """How many packages are installed, from the text of `package_db` (read from a disk by debugfs)."""
         raise NotImplementedError
 
+    # -- the resolved package set: what the package manager would install from the mirror's current index
+    def resolve(self, packages: list[str], release: Release, arch: str, mirror: MirrorChoice) -> list[str]:
+        """["name=version", ...] sorted: the exact set the package manager would install for `packages` (and its
+        essential set) from the mirror's current index, without building. Raises NotImplementedError where
+        this project cannot resolve for the distribution, RuntimeError where the mirror cannot be read."""
+        raise NotImplementedError(f"resolving {self.pretty_name} package sets is not implemented")
+
     # -- the package manifest (SBOM): read from a finished image's files, extracted without mounting it
     #: the paths in an image that hold the installed-package database (files or folders)
     manifest_paths: ClassVar[tuple[str, ...]] = ()

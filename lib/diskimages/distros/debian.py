@@ -151,6 +151,62 @@ class Debian(Distribution):
     def count_packages_in_db(self, db_text: str) -> int:
         return sum(1 for s in db_text.split("\n\n") if "Status: install ok installed" in s)
 
+    # -- resolution: apt in a private state folder (cached, so an unchanged index costs one If-Modified-Since)
+    def resolve(self, packages: list[str], release: Release, arch: str, mirror: MirrorChoice) -> list[str]:
+        from ..paths import cache_dir
+        if not mirror.uri:
+            raise RuntimeError(f"no {self.pretty_name} mirror is known here to resolve packages against")
+        root = cache_dir("resolve", f"{self.name}-{release.codename}-{arch}")
+        keyring = next((k for k in self.keyring_files if os.path.exists(k)),
+                       f"/usr/share/keyrings/{self.name}-archive-keyring.gpg")
+        lines = [line.replace("deb ", f"deb [signed-by={keyring}] ", 1)
+                 for line in self.sources_lines(mirror, release)]
+        (root / "sources.list").write_text("\n".join(lines) + "\n")
+        (root / "status").touch()
+        (root / "apt.conf").touch()          # no host configuration: the same answer on every host
+        for d in ("state/lists/partial", "cache/archives/partial"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        opts = ["-q", "-o", f"Dir::State={root}/state", "-o", f"Dir::State::status={root}/status",
+                "-o", f"Dir::Cache={root}/cache", "-o", f"Dir::Etc::SourceList={root}/sources.list",
+                "-o", "Dir::Etc::SourceParts=-", "-o", "Dir::Etc::Preferences=-", "-o", "Dir::Etc::PreferencesParts=-",
+                "-o", f"APT::Architecture={arch}", "-o", f"APT::Architectures={arch}",
+                "-o", "Acquire::Languages=none", "-o", "Debug::NoLocking=1", "-o", "APT::Get::List-Cleanup=1",
+                "-o", "Dir::Cache::pkgcache=pkgcache.bin", "-o", "Dir::Cache::srcpkgcache=srcpkgcache.bin",
+                "-o", "APT::Sandbox::User=root"]
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "APT_CONFIG": str(root / "apt.conf")}
+        upd = subprocess.run(["apt-get", *opts, "update"], capture_output=True, text=True, env=env)
+        if upd.returncode != 0 or "\nE: " in "\n" + upd.stdout + upd.stderr:
+            raise RuntimeError(f"apt-get update against {mirror.uri} failed: {(upd.stderr or upd.stdout).strip()[-300:]}")
+        # the essential set (an apt pattern) and apt, as mmdebstrap's apt variant installs before the packages
+        want = ["?essential", "apt", *sorted(set(packages))]
+        # apt's solver takes seconds: its answer is kept per index (the InRelease files) and request
+        import hashlib
+        import json
+        h = hashlib.sha256(json.dumps([arch, want, lines]).encode())
+        for f in sorted((root / "state/lists").glob("*InRelease")):
+            h.update(f.name.encode() + f.read_bytes())
+        answer = root / f"resolved-{h.hexdigest()[:32]}.json"
+        if answer.is_file():
+            try:
+                return json.loads(answer.read_text())
+            except ValueError:
+                answer.unlink()             # a half-written answer (killed while writing): computed again
+        sim = subprocess.run(["apt-get", *opts, "install", "-s", "--no-install-recommends", *want],
+                             capture_output=True, text=True, env=env)
+        if sim.returncode != 0:
+            raise RuntimeError(f"apt cannot install this package set from {mirror.uri}: "
+                               f"{(sim.stderr or sim.stdout).strip().splitlines()[-1][:300]}")
+        found = re.findall(r"^Inst (\S+) \((\S+) ", sim.stdout, re.M)
+        result = sorted(f"{n}={v}" for n, v in found)
+        newest = max((f.stat().st_mtime for f in (root / "state/lists").glob("*InRelease")), default=0)
+        for old in root.glob("resolved-*.json"):        # answers for indexes that changed since
+            if old.stat().st_mtime < newest:
+                old.unlink(missing_ok=True)
+        tmp = answer.with_suffix(f".{os.getpid()}.partial")
+        tmp.write_text(json.dumps(result))
+        os.replace(tmp, answer)
+        return result
+
     # -- the manifest: dpkg's status file and each package's machine-readable copyright file (DEP-5)
     manifest_paths = ("/var/lib/dpkg/status",)
     purl_type = "deb"
