@@ -25,9 +25,15 @@ def cli(*args, timeout=600):
                           timeout=timeout)
 
 
+def _as_in_a_terminal():
+    """SIGINT as a foreground command has it: a suite started in the background (`nohup ... &`) hands its
+    children an ignored SIGINT, which Python then keeps ignoring."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args, **kw):
     return subprocess.Popen([sys.executable, "-m", "diskimages", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, **kw)
+                            stderr=subprocess.STDOUT, preexec_fn=_as_in_a_terminal, **kw)
 
 
 def wait_for(check, what, proc=None, timeout=600):
