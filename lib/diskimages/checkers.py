@@ -85,6 +85,19 @@ def kickstart_version(release_version: str) -> str:
 
 
 # -- documented fields, for formats whose tool does not install here
+def _documented(path: Path, name: str, parser: str, fmt: str, schema: dict) -> Finding:
+    """A YAML or TOML file read and checked against a schema written from its format's reference."""
+    import tomllib
+
+    import yaml
+    text = path.read_text()
+    try:
+        doc = tomllib.loads(text) if fmt == "TOML" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        return Finding(name, parser, False, f"not {fmt}: {e}")
+    return _schema_check(name, parser, doc, schema)
+
+
 def _schema_check(name: str, parser: str, doc: Any, schema: dict) -> Finding:
     import jsonschema
     errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
@@ -97,12 +110,7 @@ def _schema_check(name: str, parser: str, doc: Any, schema: dict) -> Finding:
 def installer_fields(path: Path, name: str, schema: dict) -> Finding:
     """An installer configuration (YAML) against its documented keys (`schema`, from the distribution module),
     for installers whose own validator does not install here (Ubuntu's Subiquity)."""
-    import yaml
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        return Finding(name, "installer reference (documented keys)", False, f"not YAML: {e}")
-    return _schema_check(name, "installer reference (documented keys)", doc, schema)
+    return _documented(path, name, "installer reference (documented keys)", "YAML", schema)
 
 
 _STRINGS = {"type": "array", "items": {"type": "string"}}
@@ -156,12 +164,7 @@ IMAGE_DEFINITION = {
 
 
 def image_definition(path: Path, name: str) -> Finding:
-    import yaml
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        return Finding(name, "ubuntu-image definition (documented keys)", False, f"not YAML: {e}")
-    return _schema_check(name, "ubuntu-image definition (documented keys)", doc, IMAGE_DEFINITION)
+    return _documented(path, name, "ubuntu-image definition (documented keys)", "YAML", IMAGE_DEFINITION)
 
 
 #: osbuild's blueprint reference (on-premises TOML)
@@ -207,12 +210,7 @@ BLUEPRINT = {
 
 
 def blueprint(path: Path, name: str) -> Finding:
-    import tomllib
-    try:
-        doc = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        return Finding(name, "TOML + blueprint reference", False, f"not TOML: {e}")
-    return _schema_check(name, "TOML + blueprint reference", doc, BLUEPRINT)
+    return _documented(path, name, "TOML + blueprint reference", "TOML", BLUEPRINT)
 
 
 def oz_tdl(path: Path, name: str) -> Finding:

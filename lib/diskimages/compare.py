@@ -190,7 +190,9 @@ def package_differences(df, output_dir: Path | str, recipe: str):
     versions: dict[str, dict[str, str]] = {}
     for row in sub.itertuples():
         name = getattr(row, "manifest", None)
-        path = Path(output_dir) / str(name) if isinstance(name, str) and name else None
+        # a record may come from elsewhere (CI artifacts): its manifest must be a file beside it, nothing else
+        ok = isinstance(name, str) and name and Path(name).name == name and not name.startswith(".")
+        path = Path(output_dir) / name if ok else None
         if path is None or not path.is_file():
             continue
         versions[row.tool] = {p["name"]: p["version"] for p in manifest.load(path)}

@@ -268,6 +268,13 @@ class Distribution:
     def locale_step(self, recipe: Recipe) -> str:
         return write_file("/etc/locale.conf", f"LANG={recipe.locale}")
 
+    def locale_gen_step(self, recipe: Recipe) -> str:
+        """glibc's locale-gen for the recipe's locale (Debian and Arch generate locales from /etc/locale.gen)."""
+        if recipe.locale.split(".")[0] == "C":
+            return ""
+        charset = (self.supported_locales() or {}).get(recipe.locale, "UTF-8")
+        return write_file("/etc/locale.gen", f"{recipe.locale} {charset}") + "locale-gen\n"
+
     def timezone_step(self, recipe: Recipe) -> str:
         return f"ln -sf {q('../usr/share/zoneinfo/' + recipe.timezone)} /etc/localtime\n"
 

@@ -107,11 +107,7 @@ class Arch(Distribution):
 
     # -- customisation steps
     def locale_step(self, recipe: Recipe) -> str:
-        s = ""
-        if recipe.locale.split(".")[0] != "C":
-            charset = self.supported_locales().get(recipe.locale, "UTF-8")
-            s += write_file("/etc/locale.gen", f"{recipe.locale} {charset}") + "locale-gen\n"
-        return s + write_file("/etc/locale.conf", f"LANG={recipe.locale}")
+        return self.locale_gen_step(recipe) + write_file("/etc/locale.conf", f"LANG={recipe.locale}")
 
     def desktop_services(self, desktop: DesktopSpec) -> tuple[str, ...]:
         return ("NetworkManager.service", f"{desktop.display_manager}.service") if desktop.display_manager else ()

@@ -202,6 +202,10 @@ class Debian(Distribution):
         for old in root.glob("resolved-*.json"):        # answers for indexes that changed since
             if old.stat().st_mtime < newest:
                 old.unlink(missing_ok=True)
+        for old in root.glob("resolved-*.partial"):     # left by a resolution that was killed while writing
+            pid = old.name.split(".")[-2]
+            if not pid.isdigit() or not os.path.exists(f"/proc/{pid}"):
+                old.unlink(missing_ok=True)
         tmp = answer.with_suffix(f".{os.getpid()}.partial")
         tmp.write_text(json.dumps(result))
         os.replace(tmp, answer)
@@ -277,11 +281,7 @@ class Debian(Distribution):
 
     # -- customisation steps
     def locale_step(self, recipe: Recipe) -> str:
-        s = ""
-        if recipe.locale.split(".")[0] != "C":
-            charset = self.supported_locales().get(recipe.locale, "UTF-8")
-            s += write_file("/etc/locale.gen", f"{recipe.locale} {charset}") + "locale-gen\n"
-        return s + write_file("/etc/default/locale", f"LANG={recipe.locale}")
+        return self.locale_gen_step(recipe) + write_file("/etc/default/locale", f"LANG={recipe.locale}")
 
     def timezone_step(self, recipe: Recipe) -> str:
         return (f"ln -sf {q('/usr/share/zoneinfo/' + recipe.timezone)} /etc/localtime\n"

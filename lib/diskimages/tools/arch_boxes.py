@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .. import checkers, disk, reaper, vmbuild
+from .. import checkers, disk, vmbuild
 from ..disk import DiskInfo
 from ..runner import run
 from . import BuildState, DiskTool
-from .packer import PLUGINS, Packer, hcl
+from .packer import PLUGINS, Packer, hcl, run_packer
 
 INSTALL = r"""#!/bin/bash
 # arch-boxes-style install rendered by diskimages from recipe {name}: runs in the Arch live system
@@ -169,15 +169,5 @@ class ArchBoxes(DiskTool):
         kvm = state.accel.kind == "kvm"
         state.workaround(f"accelerator = {'kvm' if kvm else 'tcg'}: {state.accel.reason}")
         tpl = self.write_config(state, work, "kvm" if kvm else "tcg", vmbuild.stage_tarball(state.recipe))
-        with reaper.temp_dir("diskimages-packer-") as tmp, vmbuild.SerialWatch(work / "serial.log", state.on_line):
-            env = {"PACKER_CACHE_DIR": str(work / "cache"), "CHECKPOINT_DISABLE": "1", "TMPDIR": str(tmp)}
-            try:
-                run(["packer", "build", "-color=false", "-on-error=cleanup", str(tpl)], cwd=work, env=env,
-                    log=state.log, on_line=state.on_line)
-            finally:
-                serial = work / "serial.log"
-                if serial.exists():
-                    with open(state.log, "ab") as f:
-                        f.write(b"--- installer VM serial console ---\n" + serial.read_bytes())
-        os.replace(work / "packer-output" / "disk.raw", raw)
+        run_packer(state, work, tpl, raw, "installer VM")
         return disk.raw_disk_info(raw, state.distro)

@@ -325,22 +325,28 @@ build {{
                                               tarball=vmbuild.stage_tarball(state.recipe))
         else:
             tpl = self.write_config(state, work, state.base.path, "kvm" if kvm else "tcg")
-        # Packer's plugin sockets live in TMPDIR: a short one (a unix socket path has at most 107 bytes)
-        with reaper.temp_dir("diskimages-packer-") as tmp, vmbuild.SerialWatch(work / "serial.log", state.on_line):
-            env = {"PACKER_CACHE_DIR": str(work / "cache"), "CHECKPOINT_DISABLE": "1", "PACKER_NO_COLOR": "1",
-                   "TMPDIR": str(tmp)}
-            try:
-                run(["packer", "build", "-color=false", "-on-error=cleanup", str(tpl)], cwd=work, env=env,
-                    log=state.log, on_line=state.on_line)
-            finally:
-                serial = work / "serial.log"
-                if serial.exists():
-                    with open(state.log, "ab") as f:
-                        f.write(b"--- build VM serial console ---\n" + serial.read_bytes())
-        os.replace(work / "packer-output" / "disk.raw", raw)
+        run_packer(state, work, tpl, raw, "installer VM" if installer else "build VM")
         if not installer:        # an installer writes a fresh disk: nothing deleted is left to zero
             vmbuild.sparsify(state, raw)
         return disk.raw_disk_info(raw, state.distro)
+
+
+def run_packer(state: BuildState, work: Path, tpl: Path, raw: Path, vm: str) -> None:
+    """`packer build` of the template in `tpl`, the VM's serial console appended to the log, the disk moved to
+    `raw`."""
+    # Packer's plugin sockets live in TMPDIR: a short one (a unix socket path has at most 107 bytes)
+    with reaper.temp_dir("diskimages-packer-") as tmp, vmbuild.SerialWatch(work / "serial.log", state.on_line):
+        env = {"PACKER_CACHE_DIR": str(work / "cache"), "CHECKPOINT_DISABLE": "1", "PACKER_NO_COLOR": "1",
+               "TMPDIR": str(tmp)}
+        try:
+            run(["packer", "build", "-color=false", "-on-error=cleanup", str(tpl)], cwd=work, env=env,
+                log=state.log, on_line=state.on_line)
+        finally:
+            serial = work / "serial.log"
+            if serial.exists():
+                with open(state.log, "ab") as f:
+                    f.write(f"--- {vm} serial console ---\n".encode() + serial.read_bytes())
+    os.replace(work / "packer-output" / "disk.raw", raw)
 
 
 def _checksum_for(iso_url: str) -> str:

@@ -216,18 +216,9 @@ class VirtInstall(DiskTool):
         state.workaround(f"--virt-type {virt_type}: {state.accel.reason}",
                          f"installed under {vmbuild.installer_firmware(state.recipe).upper()}: the installer sets up "
                          "the boot loader of the firmware it booted with")
-        tracked = reaper.track("domain", name=name)
-        try:
-            with vmbuild.SerialWatch(serial, state.on_line):
-                run(self.installer_argv(state, name, raw, files, location, serial, virt_type,
-                                        vmbuild.osinfo_name(state.distro, state.release), state.libvirt.network),
-                    log=state.log, on_line=state.on_line)
-        finally:
-            state.libvirt.destroy(name)
-            reaper.untrack(tracked)
-            if serial.exists():
-                with open(state.log, "ab") as f:
-                    f.write(b"--- installer VM serial console ---\n" + serial.read_bytes())
+        _run_vm(state, name, serial, "installer VM",
+                self.installer_argv(state, name, raw, files, location, serial, virt_type,
+                                    vmbuild.osinfo_name(state.distro, state.release), state.libvirt.network))
         return disk.raw_disk_info(raw, state.distro)
 
     def build_disk(self, state: BuildState, raw: Path) -> DiskInfo:
@@ -243,23 +234,30 @@ class VirtInstall(DiskTool):
         name = f"diskimages-build-{uuid.uuid4().hex[:8]}"
         virt_type = "kvm" if state.accel.kind == "kvm" else "qemu"
         state.workaround(f"--virt-type {virt_type}: {state.accel.reason}")
-        tracked = reaper.track("domain", name=name)      # libvirtd runs it, not us: a kill must not orphan it
-        try:
-            with vmbuild.SerialWatch(serial, state.on_line) as watch:
-                run(self.argv(state, name, raw, user_data, serial, virt_type,
-                              vmbuild.osinfo_name(state.distro, state.release), state.libvirt.network),
-                    log=state.log, on_line=state.on_line)
-        finally:
-            state.libvirt.destroy(name)
-            reaper.untrack(tracked)
-            if serial.exists():
-                with open(state.log, "ab") as f:
-                    f.write(b"--- build VM serial console ---\n" + serial.read_bytes())
+        watch = _run_vm(state, name, serial, "build VM",
+                        self.argv(state, name, raw, user_data, serial, virt_type,
+                                  vmbuild.osinfo_name(state.distro, state.release), state.libvirt.network))
         if not watch.ok:
             raise RuntimeError(f"the build inside the VM failed (exit status {watch.failed or 'unknown'}; "
                                f"it did not report success):\n{watch.tail()}")
         vmbuild.sparsify(state, raw)
         return disk.raw_disk_info(raw, state.distro)
+
+
+def _run_vm(state: BuildState, name: str, serial: Path, vm: str, argv: list[str]) -> vmbuild.SerialWatch:
+    """Run virt-install's transient domain to its end; the domain is destroyed whatever happens (libvirtd runs
+    it, not us: a kill must not orphan it) and its serial console goes into the log."""
+    tracked = reaper.track("domain", name=name)
+    try:
+        with vmbuild.SerialWatch(serial, state.on_line) as watch:
+            run(argv, log=state.log, on_line=state.on_line)
+    finally:
+        state.libvirt.destroy(name)
+        reaper.untrack(tracked)
+        if serial.exists():
+            with open(state.log, "ab") as f:
+                f.write(f"--- {vm} serial console ---\n".encode() + serial.read_bytes())
+    return watch
 
 
 def preseed_argv(state: BuildState) -> list[str]:
