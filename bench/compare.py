@@ -134,6 +134,10 @@ def main() -> int:
             print(table[cols].to_string(index=False))
             print()
             print(compare.ratios(table).to_string(index=False))
+            steps = compare.milestones(df, rname)
+            if len(steps.columns) > 2:
+                print(f"\nboot milestones (seconds after power-on, TCG here)\n")
+                print(steps.to_string(index=False))
     if uefi_rows:
         print("\nthe same images booted with UEFI firmware (OVMF)\n")
         print(pd.DataFrame(uefi_rows).to_string(index=False))

@@ -2,7 +2,8 @@
 and decide whether it reached what its recipe promises:
   * console images: the `login:` prompt;
   * desktop images: the autologin user's desktop session process runs (reported by the boot probe, see
-    probe.py) and the screen settled on a drawn desktop (two equal screenshots in a row with many colours).
+    probe.py) and the screen settled on a drawn desktop (sampled every second; many colours, unchanged for 5 s;
+    the milestone is the moment it stopped changing).
 Seconds to each milestone are reported; the last screenshot is kept as PNG.
 """
 from __future__ import annotations
@@ -36,7 +37,8 @@ FAILURES = [
     (rb"ALERT! .* does not exist", "the initramfs did not find the root file system"),
 ]
 NO_OUTPUT_S = 45        # nothing at all on the serial console by then (GRUB prints within ~5 s even under TCG)
-SETTLE_EVERY_S = 5.0
+SETTLE_EVERY_S = 1.0      # how often the screen is sampled once the session runs
+SETTLED_FOR_S = 5.0       # unchanged this long: settled (reported as the moment it stopped changing)
 MIN_DESKTOP_COLOURS = 256   # a drawn desktop (wallpaper, panel, icons); a bare X screen with a cursor has < 100
 
 
@@ -245,6 +247,7 @@ def _watch(m: Machine, res: BootResult, uid: Optional[int], timeout: float, shot
 
     deadline = time.monotonic() + timeout
     prev = None
+    since = 0.0
     next_shot = 0.0
     try:
         while True:
@@ -279,18 +282,20 @@ def _watch(m: Machine, res: BootResult, uid: Optional[int], timeout: float, shot
                 res.passed, res.reason = True, f"login prompt after {res.milestones['login']} s"
                 break
             if expect == "desktop" and "session" in res.milestones and m.elapsed() >= next_shot:
-                next_shot = m.elapsed() + SETTLE_EVERY_S
+                now = m.elapsed()
+                next_shot = now + SETTLE_EVERY_S
                 img = m.screenshot(shot)
                 ncol = _colours(img)
-                if prev is not None and ncol >= MIN_DESKTOP_COLOURS and img.tobytes() == prev.tobytes():
-                    res.milestones["desktop"] = m.elapsed()
+                if prev is None or ncol < MIN_DESKTOP_COLOURS or img.tobytes() != prev.tobytes():
+                    prev, since = img, now
+                elif now - since >= SETTLED_FOR_S:
+                    res.milestones["desktop"] = since
                     res.screenshot = shot
                     res.passed = True
-                    res.reason = (f"{found['session']}: desktop drawn and settled after "
-                                  f"{res.milestones['desktop']} s ({ncol} colours)")
+                    res.reason = (f"{found['session']}: desktop drawn after {since} s and unchanged for "
+                                  f"{now - since:.0f} s ({ncol} colours)")
                     say("desktop")
                     break
-                prev = img
     except BootFailed as e:
         res.reason = str(e)
         try:

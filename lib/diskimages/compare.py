@@ -242,6 +242,19 @@ def ratios(t):
     return out
 
 
+def milestones(df, recipe: Optional[str] = None):
+    """Seconds after power-on to each boot milestone (the boot check's), one row per built tool, in boot order."""
+    import pandas as pd
+    from .boot import MILESTONES
+    if df.empty:
+        return pd.DataFrame()
+    sub = df[df["status"] == "built"] if recipe is None else df[(df["recipe"] == recipe) & (df["status"] == "built")]
+    order = [m for m, _ in MILESTONES] + ["ip", "session", "desktop", "ssh"]
+    cols = [f"boot_{m}_s" for m in order if f"boot_{m}_s" in sub and sub[f"boot_{m}_s"].notna().any()]
+    out = sub[["tool", "recipe"] + cols].rename(columns={c: c[5:-2] for c in cols})
+    return out.reset_index(drop=True)
+
+
 def plot(t, recipe: str = ""):
     """Bar charts of build time and compressed size per tool."""
     import matplotlib.pyplot as plt

@@ -80,7 +80,9 @@ def grub_cfg(recipe: Recipe, layout: Layout, kver: str, rootfs: Path, distro: Di
     title = recipe.description or recipe.name
     return f"""\
 # written by diskimages
-set timeout=1
+# no wait: Esc (or F4) pressed or held while GRUB starts shows the menu
+set timeout_style=hidden
+set timeout=0
 serial --unit=0 --speed=115200
 terminal_input console serial
 terminal_output console serial
@@ -119,7 +121,7 @@ def prepare_tree(recipe: Recipe, rootfs: Path, layout: Layout, distro: Distribut
     (rootfs / "etc/default").mkdir(parents=True, exist_ok=True)
     (rootfs / "etc/default/grub").write_text(
         "# written by diskimages (used if update-grub is ever run inside the image)\n"
-        "GRUB_DEFAULT=0\nGRUB_TIMEOUT=1\n"
+        "GRUB_DEFAULT=0\nGRUB_TIMEOUT=0\nGRUB_TIMEOUT_STYLE=hidden\n"
         f"GRUB_DISTRIBUTOR=`lsb_release -i -s 2> /dev/null || echo {distro.grub_distributor}`\n"
         f'GRUB_CMDLINE_LINUX_DEFAULT="{recipe.kernel_cmdline}"\nGRUB_CMDLINE_LINUX="{SERIAL_CONSOLE}"\n'
         'GRUB_TERMINAL="console serial"\nGRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n')

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -68,8 +69,10 @@ def _stop_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
 
 def run(cmd: Sequence[str], *, log: Optional[Path] = None, on_line: Optional[Callable[[str], None]] = None,
         stdin: Optional[str | bytes] = None, env: Optional[dict] = None, cwd: Optional[Path] = None,
-        check: bool = True, capture: bool = False) -> str:
-    """Run `cmd`, appending its output to `log`; returns the output when `capture` (else the last 40 lines)."""
+        check: bool = True, capture: bool = False, stamp: bool = False) -> str:
+    """Run `cmd`, appending its output to `log`; returns the output when `capture` (else the last 40 lines).
+    `stamp`: each log line starts with the seconds since the command started ("[  12.34] "), for tools whose
+    own output has no times."""
     cmd = [str(c) for c in cmd]
     full_env = None if env is None else {**os.environ, **env}
     logf = open(log, "ab") if log else None
@@ -87,8 +90,11 @@ def run(cmd: Sequence[str], *, log: Optional[Path] = None, on_line: Optional[Cal
             if stdin is not None:
                 data = stdin.encode() if isinstance(stdin, str) else stdin
                 threading.Thread(target=_feed, args=(proc, data), daemon=True).start()
+            started = time.monotonic()
             for raw in proc.stdout:
                 if logf:
+                    if stamp:
+                        logf.write(f"[{time.monotonic() - started:8.2f}] ".encode())
                     logf.write(raw)
                     logf.flush()
                 line = raw.decode(errors="replace").rstrip("\n")

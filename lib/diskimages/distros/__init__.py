@@ -227,6 +227,20 @@ class Distribution:
         """Environment for commands run in the image's tree (no interactive questions)."""
         return {}
 
+    # -- the bootstrap: work a package installation repeats that a build does once, at the end
+    def bootstrap_env(self) -> dict[str, str]:
+        """Environment for a tool's package installation that leaves the initramfs to assembly, where
+        `initrd_command` makes it once, after customisation (empty: the packages make it as they install)."""
+        return {}
+
+    def bootstrap_setup_step(self) -> str:
+        """Shell run in the tree once its essential packages are in, before the rest install."""
+        return ""
+
+    def bootstrap_finish_step(self) -> str:
+        """Shell run in the tree after the packages are in: undoes what `bootstrap_setup_step` held back."""
+        return ""
+
     @contextlib.contextmanager
     def services_held(self, rootfs: Path) -> Iterator[None]:
         """While customising a tree, no package's maintainer script may start a service."""
@@ -312,6 +326,9 @@ class Distribution:
         """How a desktop hands the network to NetworkManager, where the distribution needs more than the
         package (netplan's renderer on Ubuntu)."""
         return ""
+
+    #: units this distribution enables that a desktop image does not need at boot (disabled in desktop images)
+    desktop_skipped_units: ClassVar[tuple[str, ...]] = ()
 
     def desktop_services(self, desktop: DesktopSpec) -> tuple[str, ...]:
         """Units to enable for a desktop, on distributions whose packages do not enable them on install."""

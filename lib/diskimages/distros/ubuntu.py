@@ -32,6 +32,9 @@ class Ubuntu(Debian):
     grub_distributor = "Ubuntu"
     gdm_config = "/etc/gdm3/custom.conf"
     installer = "autoinstall"
+    # Ubuntu's own grub.cfg (update-grub) sets recordfail at each boot; grub-common.service clears it, else the
+    # next boot waits in the menu
+    desktop_skipped_units = ()
     #: the debootstrap script every Ubuntu suite uses (a debootstrap older than a release lacks its link to it)
     debootstrap_script = "gutsy"
     osinfo_vendor = "ubuntu.com"

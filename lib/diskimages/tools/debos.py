@@ -34,8 +34,8 @@ GRUB_SETUP = r"""set -e
 ROOTSPEC=$(awk '$2=="/"{print $1}' /etc/fstab)
 sed -i -e 's|^GRUB_CMDLINE_LINUX=.*|GRUB_CMDLINE_LINUX="{console}"|' \
        -e 's|^GRUB_CMDLINE_LINUX_DEFAULT=.*|GRUB_CMDLINE_LINUX_DEFAULT="{cmdline}"|' \
-       -e 's|^GRUB_TIMEOUT=.*|GRUB_TIMEOUT=1|' /etc/default/grub
-printf 'GRUB_TERMINAL="console serial"\nGRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n' >> /etc/default/grub
+       -e 's|^GRUB_TIMEOUT=.*|GRUB_TIMEOUT=0|' /etc/default/grub
+printf 'GRUB_TIMEOUT_STYLE=hidden\nGRUB_TERMINAL="console serial"\nGRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n' >> /etc/default/grub
 {bios}
 update-grub
 # no udev here means no /dev/disk/by-uuid, so grub-mkconfig fell back to the loop device's name
