@@ -78,6 +78,8 @@ def main() -> int:
     ap.add_argument("--uefi", action="append", default=[], metavar="RECIPE",
                     help="also boot this recipe's images with UEFI firmware (BIOS is the table's boot)")
     ap.add_argument("--no-warmup", action="store_true", help="do not fill the tools' package caches first")
+    ap.add_argument("--lean", action="store_true",
+                    help="also build each recipe's lean variant (lean: true; named RECIPE-lean) with the same tools")
     ap.add_argument("--repeat", type=int, default=1, metavar="N",
                     help="build every tool (and the baseline) N times, interleaved; boots only the first round")
     args = ap.parse_args()
@@ -95,39 +97,42 @@ def main() -> int:
                 print(f"skipped {name} for {recipe.name}: {reason}", file=sys.stderr)
             else:
                 tools.append(name)
+        variants = [recipe] + ([recipe.model_copy(update={"lean": True, "name": f"{recipe.name}-lean"})]
+                               if args.lean else [])
         if not args.no_warmup:
             for name in tools:
                 if name in CACHED:
                     print(f"warming {name}'s package cache for {recipe.name} (not measured)", file=sys.stderr)
                     build(recipe, name, warm_dir / name, progress=False)
-        for run in range(1, args.repeat + 1):
-            # interleaved: every tool (and the baseline) once per round, so drift hits them alike
-            for name in tools:
-                print(f"building {recipe.name} with {name}" + (f" (round {run})" if args.repeat > 1 else ""),
-                      file=sys.stderr)
-                try:
-                    res = build(recipe, name, out, progress=sys.stderr.isatty())
-                except Exception as e:      # a failed tool is a row, not the end of the benchmark
-                    print(f"{name} failed: {e}", file=sys.stderr)
-                    continue
-                if not args.no_boot and run == 1:
-                    attach_boot(res, boot_check(res.image, res.record, screenshot_dir=out))
-                    if recipe.name in args.uefi:
-                        u = boot_check(res.image, res.record, firmware="uefi", screenshot_dir=out / "uefi")
-                        uefi_rows.append({"recipe": recipe.name, "tool": name, "uefi boot ok": u.passed,
-                                          "desktop s": u.milestones.get("desktop", u.milestones.get("login")),
-                                          "reason": u.reason})
-                if args.repeat > 1:
-                    _as_round(res.record_path, run)
-            if args.baseline:
-                print(f"building {recipe.name} with mmdebstrap at {args.baseline}", file=sys.stderr)
-                rec = baseline(args.baseline, recipe.source, out, warm=not args.no_warmup and run == 1)
-                if args.repeat > 1:
-                    _as_round(rec, run)
+        for variant in variants:
+            for run in range(1, args.repeat + 1):
+                # interleaved: every tool (and the baseline) once per round, so drift hits them alike
+                for name in tools:
+                    print(f"building {variant.name} with {name}" + (f" (round {run})" if args.repeat > 1 else ""),
+                          file=sys.stderr)
+                    try:
+                        res = build(variant, name, out, progress=sys.stderr.isatty())
+                    except Exception as e:      # a failed tool is a row, not the end of the benchmark
+                        print(f"{name} failed: {e}", file=sys.stderr)
+                        continue
+                    if not args.no_boot and run == 1:
+                        attach_boot(res, boot_check(res.image, res.record, screenshot_dir=out))
+                        if variant.name in args.uefi:
+                            u = boot_check(res.image, res.record, firmware="uefi", screenshot_dir=out / "uefi")
+                            uefi_rows.append({"recipe": variant.name, "tool": name, "uefi boot ok": u.passed,
+                                              "desktop s": u.milestones.get("desktop", u.milestones.get("login")),
+                                              "reason": u.reason})
+                    if args.repeat > 1:
+                        _as_round(res.record_path, run)
+                if args.baseline and variant is recipe:
+                    print(f"building {variant.name} with mmdebstrap at {args.baseline}", file=sys.stderr)
+                    rec = baseline(args.baseline, recipe.source, out, warm=not args.no_warmup and run == 1)
+                    if args.repeat > 1:
+                        _as_round(rec, run)
     df = compare.load(out)
     for rname in dict.fromkeys(df["recipe"]):
         table = compare.table(df, rname)
-        cols = [c for c in ["tool", "version", "build s", "CPU s", "downloaded MB", "packages", "rootfs MB",
+        cols = [c for c in ["tool", "version", "build s", "CPU s", "downloaded MB", "cache", "packages", "rootfs MB",
                             "allocated MB", "file MB", "desktop s", "boot ok"] if c in table]
         with pd.option_context("display.width", 200, "display.max_columns", 30):
             print(f"\n{rname}\n")
@@ -136,7 +141,7 @@ def main() -> int:
             print(compare.ratios(table).to_string(index=False))
             steps = compare.milestones(df, rname)
             if len(steps.columns) > 2:
-                print(f"\nboot milestones (seconds after power-on, TCG here)\n")
+                print("\nboot milestones (seconds after power-on, TCG here)\n")
                 print(steps.to_string(index=False))
     if uefi_rows:
         print("\nthe same images booted with UEFI firmware (OVMF)\n")

@@ -133,3 +133,47 @@ def test_a_second_build_with_the_same_content_key_is_skipped(minimal_build):
         assert _reusable(minimal_build.image, minimal_build.record_path, key) is None
     finally:
         os.utime(minimal_build.image, ns=(os_touch.st_atime_ns, os_touch.st_mtime_ns))
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def test_native_build_makes_one_zstd_initramfs_and_ships_first_boot_caches(minimal_build):
+    """The kernel's hook and initramfs-tools' trigger make no initramfs while packages install; assembly makes the
+    only one, zstd-compressed; console-setup's cache and systemd's "caches current" stamps are in the image, so
+    the first boot does not build them; the package manager's timed output is in the log."""
+    log = minimal_build.log.read_text()
+    assert log.count("update-initramfs: Generating") == 1, log.count("update-initramfs: Generating")
+    assert "No zstd" not in log
+    assert "Processing triggers for initramfs-tools" in log                  # the trigger ran, and made nothing
+    assert "] Unpacking bash " in log                                         # timed dpkg output
+    kver = minimal_build.record["kernel"]
+    with ImageReader(minimal_build.image) as r:
+        r.debugfs(f"dump /boot/initrd.img-{kver} {r.tmp}/initrd")
+        data = (r.tmp / "initrd").read_bytes()
+        assert data[:4] == ZSTD_MAGIC or ZSTD_MAGIC in data[:1 << 20], data[:8]
+        assert [f for f in r.listdir("/etc/console-setup") if f.startswith("cached_setup_keyboard")]
+        assert r.read("/etc/.updated").startswith("# This file was created by systemd-update-done")
+        assert "set timeout=0" in r.read("/boot/grub/grub.cfg")
+        unit = r.read("/etc/systemd/system/diskimages-ssh-keygen.service")
+        assert "CPUSchedulingPolicy=idle" in unit and "After=display-manager.service" in unit
+        assert r.read("/var/lib/dpkg/info/man-db.list") == "" or r.exists("/var/lib/man-db/auto-update")
+
+
+def test_lean_image_has_no_docs_but_keeps_licences(minimal_build, tmp_path):
+    """`lean: true`: no man pages or documentation, translations only for the locale's language, licence files
+    kept (the manifest's licences are the same), a smaller root, and dpkg keeps the rule for later installs."""
+    from diskimages.build import build
+    from diskimages.tools import load_checked
+    recipe = load_checked("debian-12-minimal").model_copy(update={"lean": True})
+    lean = build(recipe, "mmdebstrap", tmp_path, progress=False)
+    rec, full = lean.record, minimal_build.record
+    assert rec["lean"] is True and full["lean"] is False
+    assert rec["manifest_licenses_declared"] == full["manifest_licenses_declared"]
+    assert rec["packages"] == full["packages"]
+    assert rec["rootfs_bytes"] < full["rootfs_bytes"] - (10 << 20), (rec["rootfs_bytes"], full["rootfs_bytes"])
+    with ImageReader(lean.image) as r:
+        assert r.listdir("/usr/share/man") == [] and r.listdir("/usr/share/info") == []
+        assert set(r.listdir("/usr/share/doc/bash")) == {"copyright"}
+        assert "path-exclude=/usr/share/doc/*" in r.read("/etc/dpkg/dpkg.cfg.d/90-diskimages-lean")
+        assert [x for x in r.listdir("/usr/share/locale") if not x.startswith("en") and x != "locale.alias"] == []

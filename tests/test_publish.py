@@ -310,3 +310,36 @@ def test_publish_notebook_runs_headless(tmp_path, image, no_creds):
     assert "Container registry (OCI)" in text and "serves the blob itself" in text
     assert sha(tmp_path / "pulled" / image.name) == sha(image)
 
+
+
+def test_download_format_raw_zst_is_pushed_and_unpacks_to_the_same_disk(registry, tmp_path, no_creds, capsys):
+    """`push --download-format raw.zst`: the raw disk, zstd with long-distance matching, as one more layer; a
+    plain `zstd -d` of the pulled file gives the very disk the qcow2 holds; the qcow2 stays the disk layer."""
+    from diskimages.cli import main as cli_main
+    raw = tmp_path / "src.raw"
+    with open(raw, "wb") as f:
+        f.truncate(64 << 20)
+        f.seek(1 << 20)
+        f.write(os.urandom(2 << 20) + bytes(4 << 20) + b"diskimages" * 100000)
+    img = tmp_path / "img" / "demo.mmdebstrap.qcow2"
+    img.parent.mkdir()
+    subprocess.run(["qemu-img", "convert", "-c", "-O", "qcow2", str(raw), str(img)], check=True)
+    ref = f"{registry.host}/d/demo:v1"
+    assert cli_main(["push", str(img), ref, "--download-format", "raw.zst", "--zstd-level", "3",
+                     "--plain-http"]) == 0
+    made = img.with_name("demo.mmdebstrap.raw.zst")
+    assert made.is_file() and not [p for p in img.parent.iterdir() if p.name.endswith(".partial")]
+    m = publish._artifact_manifest(RegistryClient(registry.host, True), Ref.parse(ref))[0]
+    kinds = {layer["annotations"]["org.opencontainers.image.title"]: layer["mediaType"] for layer in m["layers"]}
+    assert kinds == {img.name: "application/x-qemu-disk", made.name: "application/zstd"}
+    assert publish.disk_layer(m)["digest"] == sha(img)
+    out = publish.pull(ref, tmp_path / "out", progress=False)
+    got = tmp_path / "out" / made.name
+    assert got in out.files and sha(got) == sha(made)
+    subprocess.run(["zstd", "-q", "-d", str(got), "-o", str(tmp_path / "unpacked.raw")], check=True)
+    assert sha(tmp_path / "unpacked.raw") == sha(raw)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli_main(["push", str(img), ref, "--download-format", "raw.zst", "--zstd-level", "25"])
+    assert e.value.code == 2
+    assert "argument --zstd-level: '25' is not allowed (allowed: 1 to 19)" in capsys.readouterr().err

@@ -64,6 +64,18 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path)
 
 
+def _count_downloads(state, log: Path) -> None:
+    """What the package manager says it fetched (every tool's log, whatever its cache layout) is the floor of
+    `downloaded_bytes`; a cache called warm whose tool still fetched packages is said not to be kept."""
+    said = state.distro.downloaded_in_log(log.read_text(errors="replace")) if log.is_file() else None
+    if said is None:
+        return
+    total, packages = said
+    state.downloaded_bytes = max(state.downloaded_bytes or 0, total)
+    if packages and state.cache == "warm":
+        state.cache = f"not kept: the tool fetched {packages / 1e6:.0f} MB of packages its cache does not keep"
+
+
 def reap_stale_work(output_dir: Path) -> list[Path]:
     """Remove work folders of builds whose process is gone (killed with SIGKILL, power loss)."""
     removed = []
@@ -217,6 +229,7 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
             with _services(t, state):
                 info = t.execute(state, raw)
             allocated = measure.allocated_bytes(raw)
+            _count_downloads(state, log)
             sbom = _manifest(raw, state, t, final, work)
             with phase(COMPRESS):
                 disk.convert(raw, partial, recipe.output.format, recipe.output.compression, log=log)
@@ -250,8 +263,9 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
         "virtual_bytes": measure.qemu_img_info(final)["virtual-size"], "allocated_bytes": allocated,
         "file_bytes": final.stat().st_size, "sha256": sha,
         "image": final.name, "format": recipe.output.format, "compression": recipe.output.compression,
-        "firmware": recipe.disk.firmware, "kernel": info.kernel, "root_uuid": info.root_uuid,
+        "firmware": recipe.disk.firmware, "lean": recipe.lean, "kernel": info.kernel, "root_uuid": info.root_uuid,
         "host_workarounds": state.host_workarounds, **sbom, **key_info, "reused": False,
+        **({"content_differs": "; ".join(state.content_differs)} if state.content_differs else {}),
         "image_mtime_ns": final.stat().st_mtime_ns,
         "base": state.base.as_record() if state.base else None, "sparsified": state.sparsified,
         "autologin_uid": recipe.user_uid(recipe.autologin) if recipe.autologin else None,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -210,11 +211,17 @@ def _cmd_docs(args) -> int:
     return 0
 
 
+def _zstd_level(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,2}", text) or not 1 <= int(text) <= 19:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not allowed (allowed: 1 to 19)")
+    return int(text)
+
+
 def _cmd_push(args) -> int:
     from .publish import is_embedded, push, registry_for
     with registry_for(args.ref, args.storage) as ref:
         res = push(args.image, ref, extra_tags=tuple(args.tag or ()), plain_http=args.plain_http or None,
-                   progress=sys.stderr.isatty())
+                   progress=sys.stderr.isatty(), download_format=args.download_format, zstd_level=args.zstd_level)
     mb = res.bytes / (1 << 20)
     pinned = f"{args.ref.rsplit(':', 1)[0]}@{res.digest}" if is_embedded(args.ref) else res.pinned
     where = f" (embedded registry, storage {args.storage})" if is_embedded(args.ref) else ""
@@ -364,6 +371,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("ref")
     p.add_argument("--tag", action="append", help="also tag it so (repeatable)")
+    p.add_argument("--download-format", choices=["raw.zst"],
+                   help="also push the image in this download format (raw.zst: the raw disk, zstd with long-distance "
+                        "matching; `zstd -d` unpacks it), made beside the image once")
+    p.add_argument("--zstd-level", type=_zstd_level, default=19, metavar="1-19",
+                   help="zstd level of the download format (default 19: smallest; 9 is about 10x faster)")
     _add_registry_opts(p)
     p.set_defaults(func=_cmd_push)
     p = sub.add_parser("pull", help="download an artifact's files, each verified against its digest (resumable)")

@@ -169,6 +169,10 @@ def render_script(recipe: Recipe, stage: str = STAGE) -> str:
         step(f"script {path}")
         add(f"(cd / && {STAGE}/scripts/{i} )")
 
+    if recipe.lean:
+        step("lean: no documentation, man pages or other languages' translations")
+        add(distro.lean_step(recipe))
+
     step("hygiene: no machine-id, host keys, caches or logs baked in")
     add(distro.cleanup_step())
     add("rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub")

@@ -99,9 +99,9 @@ def load_records(*paths: Path | str):
 MEASUREMENT_COLUMNS = {
     "tool": "tool", "tool_version": "version", "recipe": "recipe", "total_wall_s": "build s",
     "base_wall_s": "base image s", "build_wall_s": "tool run s", "bootstrap_wall_s": "bootstrap s", "customize_wall_s": "customise s", "assemble_wall_s": "assemble s",
-    "compress_wall_s": "compress s", "total_cpu_s": "CPU s", "downloaded_mb": "downloaded MB",
+    "compress_wall_s": "compress s", "total_cpu_s": "CPU s", "downloaded_mb": "downloaded MB", "cache": "cache", "lean": "lean",
     "packages": "packages", "rootfs_mb": "rootfs MB", "virtual_mb": "virtual MB", "allocated_mb": "allocated MB",
-    "compressed_mb": "file MB", "sha256_short": "sha256",
+    "compressed_mb": "file MB", "sha256_short": "sha256", "content_differs": "content differs",
 }
 
 

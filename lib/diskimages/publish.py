@@ -24,6 +24,9 @@ ARTIFACT_TYPE = "application/vnd.diskimages.image.v1"
 DISK_MEDIA_TYPES = {"qcow2": "application/x-qemu-disk", "raw": "application/octet-stream"}
 RECORD_MEDIA_TYPE = "application/vnd.diskimages.build-record.v1+json"
 SPDX_MEDIA_TYPE = "application/spdx+json"          # the image's package manifest (SBOM), beside the disk
+#: the download format (push --download-format raw.zst): the raw disk in one zstd frame stream (RFC 8878)
+DOWNLOAD_MEDIA_TYPE = "application/zstd"
+DOWNLOAD_FORMATS = ("raw.zst",)
 EMPTY_CONFIG = {"mediaType": "application/vnd.oci.empty.v1+json",
                 "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a", "size": 2}
 ANNOTATION_PREFIX = "io.github.diskimages."
@@ -71,9 +74,38 @@ class PushResult:
         return f"{r.registry}/{r.repository}@{self.digest}"
 
 
+def download_file(image: Path | str, *, level: int = 19, log: Optional[Path] = None) -> Path:
+    """The download format of an image, beside it: NAME.raw.zst, the raw disk compressed by zstd at `level` (1-19)
+    with long-distance matching over a 128 MiB window, so a plain `zstd -d` unpacks it (as a sparse file).
+    The qcow2 stays the working format. Made once: an existing one newer than the image is reused."""
+    from . import reaper, runner
+    image = Path(image)
+    if not isinstance(level, int) or not 1 <= level <= 19:
+        raise ValueError(f"zstd level {level!r} is not allowed (allowed: 1 to 19)")
+    out = image.with_name(image.name.rsplit(".", 1)[0] + ".raw.zst")
+    if out.is_file() and out.stat().st_mtime_ns >= image.stat().st_mtime_ns:
+        return out
+    raw = out.with_name(f".{out.name}-{os.getpid()}.raw.partial")
+    partial = out.with_name(f".{out.name}-{os.getpid()}.partial")
+    keys = [reaper.track("path", path=str(p), what="unfinished download file") for p in (raw, partial)]
+    try:
+        src = image
+        if image.suffix != ".raw":
+            runner.run(["qemu-img", "convert", "-O", "raw", image, raw], log=log)
+            src = raw
+        runner.run(["zstd", "-q", "-f", "-T0", f"-{level}", "--long=27", src, "-o", partial], log=log)
+        os.replace(partial, out)
+    finally:
+        raw.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+        for k in keys:
+            reaper.untrack(k)
+    return out
+
+
 def build_manifest(image: Path, digest: str, size: int, record: Optional[dict], record_blob: Optional[tuple],
                    title: Optional[str] = None, description: Optional[str] = None,
-                   sbom_blob: Optional[tuple] = None) -> dict:
+                   sbom_blob: Optional[tuple] = None, download_blob: Optional[tuple] = None) -> dict:
     fmt = "qcow2" if image.suffix == ".qcow2" else "raw"
     layers = [{"mediaType": DISK_MEDIA_TYPES[fmt], "digest": digest, "size": size,
                "annotations": {"org.opencontainers.image.title": image.name}}]
@@ -85,6 +117,10 @@ def build_manifest(image: Path, digest: str, size: int, record: Optional[dict], 
         sdigest, ssize, sname = sbom_blob
         layers.append({"mediaType": SPDX_MEDIA_TYPE, "digest": sdigest, "size": ssize,
                        "annotations": {"org.opencontainers.image.title": sname}})
+    if download_blob:
+        ddigest, dsize, dname = download_blob
+        layers.append({"mediaType": DOWNLOAD_MEDIA_TYPE, "digest": ddigest, "size": dsize,
+                       "annotations": {"org.opencontainers.image.title": dname}})
     source, revision = _source_and_revision()
     ann = {"org.opencontainers.image.created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
            "org.opencontainers.image.title": title or image.name}
@@ -106,9 +142,10 @@ def build_manifest(image: Path, digest: str, size: int, record: Optional[dict], 
 
 
 def push(image: Path | str, ref: str, *, record: Optional[dict] = None, extra_tags: tuple[str, ...] = (),
-         plain_http: Optional[bool] = None, progress: bool = True, client: Optional[RegistryClient] = None
-         ) -> PushResult:
-    """Push a disk image (and its build record, by default the JSON beside it) as an OCI artifact."""
+         plain_http: Optional[bool] = None, progress: bool = True, client: Optional[RegistryClient] = None,
+         download_format: Optional[str] = None, zstd_level: int = 19) -> PushResult:
+    """Push a disk image (and its build record, by default the JSON beside it) as an OCI artifact.
+    `download_format` "raw.zst" adds the download format (`download_file`) as one more layer."""
     import time
     image = Path(image)
     if not image.is_file():
@@ -143,12 +180,28 @@ def push(image: Path | str, ref: str, *, record: Optional[dict] = None, extra_ta
         sdigest = "sha256:" + hashlib.sha256(data).hexdigest()
         c.push_bytes(r, data, sdigest)
         sbom_blob = (sdigest, len(data), sbom.name)
-    manifest = build_manifest(image, digest, size, record, record_blob, sbom_blob=sbom_blob)
+    download_blob = None
+    if download_format:
+        if download_format not in DOWNLOAD_FORMATS:
+            raise ValueError(f"download format {download_format!r} is not allowed "
+                             f"(allowed: {', '.join(DOWNLOAD_FORMATS)})")
+        dl = download_file(image, level=zstd_level)
+        dsize = dl.stat().st_size
+        ddigest = file_digest(dl)
+        bar = _progress_bar(dsize, f"push {dl.name}", progress)
+        try:
+            c.push_blob(r, dl, ddigest, dsize, progress=bar.update)
+        finally:
+            bar.close()
+        download_blob = (ddigest, dsize, dl.name)
+    manifest = build_manifest(image, digest, size, record, record_blob, sbom_blob=sbom_blob,
+                              download_blob=download_blob)
     raw_manifest = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
     mdigest = c.put_manifest(r, raw_manifest, OCI_MANIFEST)
     for tag in extra_tags:
         c.put_manifest(r, raw_manifest, OCI_MANIFEST, reference=tag)
-    return PushResult(str(r), mdigest, manifest, round(time.monotonic() - t0, 2), size)
+    return PushResult(str(r), mdigest, manifest, round(time.monotonic() - t0, 2),
+                      size + (download_blob[1] if download_blob else 0))
 
 
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")

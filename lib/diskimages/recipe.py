@@ -164,6 +164,9 @@ class Recipe(_Strict):
     scripts: list[str] = Field(default_factory=list)
     services: list[str] = Field(default_factory=list)
     kernel_cmdline: str = ""
+    # a lean image: no documentation, man or info pages, nor translations other than the locale's language
+    # (licence files stay); the same rule for every tool, and for packages installed later in the image
+    lean: bool = False
     disk: Disk = Field(default_factory=Disk)
     output: Output = Field(default_factory=Output)
     tools: dict[str, dict[str, Any]] = Field(default_factory=dict)

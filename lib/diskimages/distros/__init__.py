@@ -227,6 +227,25 @@ class Distribution:
         """Environment for commands run in the image's tree (no interactive questions)."""
         return {}
 
+    def sources_step(self, lines: list[str]) -> str:
+        """Shell run in an image that makes its package manager use exactly `lines` (from `sources_lines`) and
+        brings the installed packages up to them: for tools whose bootstrap knows one suite only."""
+        raise NotImplementedError(f"{self.pretty_name} has no sources step")
+
+    def lean_paths(self, recipe: Recipe) -> Optional[tuple[list[str], list[str]]]:
+        """(excluded, kept) path patterns of a lean image (recipe `lean`), or None where this project does not
+        make lean images of this distribution (such a recipe is refused)."""
+        return None
+
+    def lean_step(self, recipe: Recipe) -> str:
+        """Shell run in the image: later package installs skip the lean paths, and what is there goes."""
+        raise NotImplementedError
+
+    def downloaded_in_log(self, text: str) -> Optional[tuple[int, int]]:
+        """(all bytes, package bytes) the package manager says it fetched in a build log, whatever the tool and
+        its cache layout; None when this distribution's package manager does not say."""
+        return None
+
     # -- the bootstrap: work a package installation repeats that a build does once, at the end
     def bootstrap_env(self) -> dict[str, str]:
         """Environment for a tool's package installation that leaves the initramfs to assembly, where
@@ -466,6 +485,8 @@ def check(recipe: Recipe, *, field_prefix: str = "") -> Recipe:
         near = sorted(x for x in locales if x.split(".")[0].split("@")[0] == recipe.locale.split(".")[0])[:4]
         raise RecipeError(src, "locale", f"{recipe.locale!r} is not a {d.pretty_name} locale (allowed: one of its "
                                          f"supported list, e.g. {', '.join(near) or 'en_US.UTF-8, de_DE.UTF-8'})")
+    if recipe.lean and d.lean_paths(recipe) is None:
+        raise RecipeError(src, "lean", f"lean images of {d.pretty_name} are not made here (allowed: false)")
     need = d.desktops[recipe.desktop].min_disk_gib
     if recipe.disk.size_bytes < need << 30:
         raise RecipeError(src, "disk.size", f"{recipe.disk.size} is too small for the {recipe.desktop} "

@@ -152,6 +152,43 @@ class Debian(Distribution):
                 rows.append({"name": name, "version": version, "architecture": arch})
         return rows
 
+    def sources_step(self, lines: list[str]) -> str:
+        return (write_file("/etc/apt/sources.list", "\n".join(lines)) +
+                "export DEBIAN_FRONTEND=noninteractive\napt-get update -q\n"
+                "apt-get -y -q -o Dpkg::Options::=--force-confold dist-upgrade\n")
+
+    def lean_paths(self, recipe: Recipe) -> Optional[tuple[list[str], list[str]]]:
+        lang = recipe.locale.split("_")[0].split(".")[0]
+        kept = ["/usr/share/doc/*/copyright", "/usr/share/locale/locale.alias"]   # licences: the manifest reads them
+        if lang not in ("C", "POSIX"):
+            kept += [f"/usr/share/locale/{lang}/*", f"/usr/share/locale/{lang}_*/*"]
+        return ["/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*"], kept
+
+    def lean_dpkg_options(self, recipe: Recipe) -> list[str]:
+        """dpkg's own form of the lean rule (path-exclude, then path-include), for tools that install with it."""
+        excluded, kept = self.lean_paths(recipe)
+        return [f"path-exclude={p}" for p in excluded] + [f"path-include={p}" for p in kept]
+
+    def lean_step(self, recipe: Recipe) -> str:
+        lang = recipe.locale.split("_")[0].split(".")[0]
+        keep_locale = "" if lang in ("C", "POSIX") else f" ! -name {q(lang)} ! -name {q(lang + '_*')}"
+        return (write_file("/etc/dpkg/dpkg.cfg.d/90-diskimages-lean",
+                           "# a lean image (recipe: lean): written by diskimages\n"
+                           + "\n".join(self.lean_dpkg_options(recipe))) +
+                "find /usr/share/doc -mindepth 1 -type f ! -name copyright -delete\n"
+                "find /usr/share/doc -mindepth 1 -depth -type d -empty -delete\n"
+                "rm -rf /usr/share/man/* /usr/share/info/*\n"
+                f"find /usr/share/locale -mindepth 1 -maxdepth 1 -type d{keep_locale} -exec rm -rf {{}} +\n")
+
+    def downloaded_in_log(self, text: str) -> Optional[tuple[int, int]]:
+        # apt: "Fetched 305 MB in 1s (228 MB/s)" per run (indexes and packages); "Need to get 0 B/252 MB of
+        # archives." / "Need to get 305 MB of archives." before packages are fetched (SI units)
+        fetched = [_si_bytes(n, u) for n, u in re.findall(r"\bFetched ([\d.,]+) ([kMG]?B) in ", text)]
+        packages = [_si_bytes(n, u) for n, u in re.findall(r"\bNeed to get ([\d.,]+) ([kMG]?B)\b", text)]
+        if not fetched and not packages:
+            return None
+        return max(sum(fetched), sum(packages)), sum(packages)
+
     def count_packages_in_db(self, db_text: str) -> int:
         return sum(1 for s in db_text.split("\n\n") if "Status: install ok installed" in s)
 
@@ -362,6 +399,11 @@ class Debian(Distribution):
     def host_package_version(self, package: str) -> Optional[str]:
         out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package], capture_output=True, text=True)
         return out.stdout.split("-")[0] if out.returncode == 0 and out.stdout else None
+
+
+def _si_bytes(number: str, unit: str) -> int:
+    """apt's sizes: "6979 kB", "1,234 kB" (a locale's grouping), "305 MB" (powers of 1000)."""
+    return int(float(number.replace(",", "")) * {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}[unit])
 
 
 def _parse_deb822(text: str) -> list[AptSource]:

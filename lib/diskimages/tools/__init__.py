@@ -74,6 +74,8 @@ class BuildState:
     cache: str = "off"
     host_workarounds: list[str] = field(default_factory=list)
     sparsified: Optional[str] = None
+    #: how this tool's image differs in content from what the recipe gives the others (the comparison says so)
+    content_differs: list[str] = field(default_factory=list)
 
     def workaround(self, *what: str) -> None:
         self.host_workarounds += [w for w in what if w not in self.host_workarounds]
@@ -333,7 +335,7 @@ BASE_OPTION = ("the name of a cloud base recipe under recipes/",
 
 
 COVERED_FIELDS = ("packages", "desktop", "hostname", "locale", "timezone", "keyboard", "users", "autologin",
-                  "files", "scripts", "services", "kernel_cmdline", "disk", "output")
+                  "files", "scripts", "services", "kernel_cmdline", "lean", "disk", "output")
 
 
 def shell_command(argv: list[str]) -> str:

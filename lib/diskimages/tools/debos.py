@@ -91,6 +91,12 @@ class Debos(DiskTool):
             {"action": "apt", "description": "packages of the recipe and its desktop", "recommends": False,
              "packages": pkgs},
         ]
+        # debootstrap knows one suite: the release's -updates and -security come after it, as every tool has them
+        lines = state.distro.sources_lines(state.mirror, state.release, opts.get("components"))
+        if lines:
+            actions.insert(1, {"action": "run", "chroot": True,
+                               "description": "the same suites as every tool: " + ", ".join(l.split()[2] for l in lines),
+                               "command": "set -e\n" + state.distro.sources_step(lines)})
         if r.files:
             actions.append({"action": "overlay", "description": "the recipe's files", "source": files_src})
         actions.append({"action": "overlay", "description": "customize.sh and the recipe's scripts (staged)",
@@ -161,6 +167,9 @@ class Debos(DiskTool):
         out.mkdir()
         # debos has no package cache option: every build downloads its packages (the record says so)
         state.cache = "none (debos has no package cache)"
+        if not state.distro.sources_lines(state.mirror, state.release):
+            state.content_differs.append("the release suite only: no mirror is known here to add -updates and "
+                                         "-security to debootstrap's")
         with PrivateNamespace(state.work / "hostfix", nspawn=True, udev=True, dev_disk=True) as ns:
             state.workaround("debos --disable-fakemachine: fakemachine needs a KVM or kernel this host does not give",
                              *ns.applied)

@@ -1,0 +1,92 @@
+"""The speed and size levers, checked without building: what each tool is told (one initramfs, the same suites
+for every tool, the lean rule), how downloads are counted from any tool's log, and that a lean recipe is refused
+where this project does not make lean images."""
+import time
+from pathlib import Path
+
+import yaml
+
+from diskimages import distros
+from diskimages.cli import main as cli_main
+from diskimages.customize import render_script
+from diskimages.tools import get_tool, load_checked, new_state
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _state(recipe, tmp_path):
+    return new_state(recipe, tmp_path, tmp_path / "log")
+
+
+def test_the_native_path_defers_the_initramfs_and_holds_man_db_back(tmp_path):
+    r = load_checked("debian-13-xfce")
+    text = get_tool("mmdebstrap").render(_state(r, tmp_path))["mmdebstrap.sh"]
+    assert text.startswith("INITRD=No \\\n  mmdebstrap")
+    assert "--essential-hook=chroot" in text and "man-db/auto-update boolean false" in text
+    assert "man-db/auto-update boolean true" in text          # given back before the image is finished
+    assert "zstd" in distros.get("debian").packages_for(r)     # initramfs-tools compresses with it
+    assert "sync-in" not in text and "cp -al" in text           # the cache goes in as hard links where it can
+
+
+def test_every_tool_gets_the_release_updates_and_security_suites(tmp_path):
+    r = load_checked("debian-13-xfce")
+    state = _state(r, tmp_path)
+    if not state.mirror.uri:
+        return          # no mirror known here: every tool uses its own default (nothing to compare)
+    doc = yaml.safe_load(get_tool("debos").render(state)["debos.yaml"])
+    run = doc["actions"][1]
+    assert run["action"] == "run" and run["chroot"] is True
+    suites = [line.split()[2] for line in state.distro.sources_lines(state.mirror, state.release)]
+    assert suites[:2] == ["trixie", "trixie-updates"]
+    for line in state.distro.sources_lines(state.mirror, state.release):
+        assert line in run["command"]
+    assert "dist-upgrade" in run["command"]
+    assert doc["actions"][2]["action"] == "apt"
+
+
+def test_downloads_are_counted_from_what_apt_says():
+    log = ("Get:1 http://mirror.invalid/debian bookworm InRelease [151 kB]\n"
+           "Fetched 6979 kB in 1s (12.9 MB/s)\n"
+           "Need to get 305 MB of archives.\n"
+           "Fetched 305 MB in 1s (228 MB/s)\n"
+           "[   4.87] Need to get 0 B/30.3 MB of archives.\n")
+    total, packages = distros.get("debian").downloaded_in_log(log)
+    assert (total, packages) == (311_979_000, 305_000_000)
+    assert distros.get("debian").downloaded_in_log("nothing fetched here\n") is None
+    assert distros.get("fedora").downloaded_in_log(log) is None      # dnf says it otherwise: not guessed
+
+
+def test_lean_rule_is_one_for_every_tool_and_keeps_licences(tmp_path):
+    r = load_checked("debian-13-xfce").model_copy(update={"lean": True})
+    script = render_script(r)
+    assert "path-exclude=/usr/share/doc/*" in script and "path-include=/usr/share/doc/*/copyright" in script
+    assert "path-include=/usr/share/locale/en/*" in script
+    assert "! -name copyright -delete" in script
+    argv, _ = get_tool("mmdebstrap").command(_state(r, tmp_path), tmp_path / "root", tmp_path / "cache")
+    assert "--dpkgopt=path-exclude=/usr/share/man/*" in argv
+    plain = load_checked("debian-13-xfce")
+    assert "path-exclude" not in render_script(plain)
+
+
+def test_lean_is_refused_where_it_is_not_made(tmp_path, capsys):
+    base = yaml.safe_load((REPO / "recipes" / "fedora-45-xfce.yaml").read_text())
+    base.pop("files", None)
+    base["lean"] = True
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(base))
+    t0 = time.monotonic()
+    assert cli_main(["validate", str(p)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {p}: lean: lean images of Fedora are not made here (allowed: false)", err
+    assert time.monotonic() - t0 < 5
+
+
+def test_desktop_images_skip_first_boot_jobs_and_generate_host_keys_off_the_critical_path():
+    desk = render_script(load_checked("debian-13-xfce"))
+    assert "systemctl disable e2scrub_reap.service" in desk and "systemctl disable grub-common.service" in desk
+    assert "After=display-manager.service" in desk and "CPUSchedulingPolicy=idle" in desk
+    assert "setupcon --force --save-only" in desk and "systemd-update-done" in desk
+    console = render_script(load_checked("debian-13-minimal"))
+    assert "e2scrub_reap" not in console
+    ubuntu = render_script(load_checked("ubuntu-24.04-xubuntu"))
+    assert "grub-common.service" not in ubuntu            # Ubuntu's own grub.cfg needs its recordfail cleared
