@@ -252,8 +252,9 @@ class Distribution:
         `initrd_command` makes it once, after customisation (empty: the packages make it as they install)."""
         return {}
 
-    def bootstrap_setup_step(self) -> str:
-        """Shell run in the tree once its essential packages are in, before the rest install."""
+    def bootstrap_setup_step(self, recipe: Recipe) -> str:
+        """Shell run in the tree once its essential packages are in, before the rest install (a lean recipe's
+        rule goes in here, so the package manager does not even unpack what `lean_step` would delete)."""
         return ""
 
     def bootstrap_finish_step(self) -> str:

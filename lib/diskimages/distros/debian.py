@@ -164,17 +164,17 @@ class Debian(Distribution):
             kept += [f"/usr/share/locale/{lang}/*", f"/usr/share/locale/{lang}_*/*"]
         return ["/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*"], kept
 
-    def lean_dpkg_options(self, recipe: Recipe) -> list[str]:
-        """dpkg's own form of the lean rule (path-exclude, then path-include), for tools that install with it."""
+    def _lean_rule(self, recipe: Recipe) -> str:
+        """dpkg's form of the lean rule (path-exclude, then path-include): later installs skip those paths too."""
         excluded, kept = self.lean_paths(recipe)
-        return [f"path-exclude={p}" for p in excluded] + [f"path-include={p}" for p in kept]
+        return write_file("/etc/dpkg/dpkg.cfg.d/90-diskimages-lean",
+                          "# a lean image (recipe: lean): written by diskimages\n" +
+                          "\n".join([f"path-exclude={p}" for p in excluded] + [f"path-include={p}" for p in kept]))
 
     def lean_step(self, recipe: Recipe) -> str:
         lang = recipe.locale.split("_")[0].split(".")[0]
         keep_locale = "" if lang in ("C", "POSIX") else f" ! -name {q(lang)} ! -name {q(lang + '_*')}"
-        return (write_file("/etc/dpkg/dpkg.cfg.d/90-diskimages-lean",
-                           "# a lean image (recipe: lean): written by diskimages\n"
-                           + "\n".join(self.lean_dpkg_options(recipe))) +
+        return (self._lean_rule(recipe) +
                 "find /usr/share/doc -mindepth 1 -type f ! -name copyright -delete\n"
                 "find /usr/share/doc -mindepth 1 -depth -type d -empty -delete\n"
                 "rm -rf /usr/share/man/* /usr/share/info/*\n"
@@ -300,8 +300,9 @@ class Debian(Distribution):
     def bootstrap_env(self) -> dict[str, str]:
         return {"INITRD": "No"}
 
-    def bootstrap_setup_step(self) -> str:
-        return 'echo "man-db man-db/auto-update boolean false" | debconf-set-selections\n'
+    def bootstrap_setup_step(self, recipe: Recipe) -> str:
+        return ('echo "man-db man-db/auto-update boolean false" | debconf-set-selections\n' +
+                (self._lean_rule(recipe) if recipe.lean else ""))
 
     def bootstrap_finish_step(self) -> str:
         return ('echo "man-db man-db/auto-update boolean true" | debconf-set-selections\n'

@@ -41,7 +41,8 @@ class Mmdebstrap(RootfsTool):
     description = "Debian's multi-mirror debootstrap: root file system, customised and assembled by diskimages"
     package_managers = ("apt",)
     native = {"packages": "--include=", "desktop": "--include= (the desktop's packages)",
-              "lean": "--dpkgopt=path-exclude= (then customize.sh, as every tool)"}
+              "lean": "--essential-hook: the rule is in place before the packages install (then customize.sh, "
+                      "as every tool)"}
     options = {"variant": (f"one of {', '.join(VARIANTS)}", lambda v: v in VARIANTS),
                "components": COMPONENTS,
                "extra_args": ("a list of --option[=value] arguments; no hooks (they would run on the build host)",
@@ -64,13 +65,10 @@ class Mmdebstrap(RootfsTool):
                 f"--setup-hook=mkdir -p \"$1\"{ARCHIVES}",
                 f"--setup-hook={sync_in}", f"--customize-hook={sync_out}"]
         # what the distribution holds back while its packages install (the initramfs, index caches)
-        for hook, step in (("essential", state.distro.bootstrap_setup_step()),
+        for hook, step in (("essential", state.distro.bootstrap_setup_step(r)),
                            ("customize", state.distro.bootstrap_finish_step())):
             if step:
                 argv.append(f"--{hook}-hook=chroot \"$1\" sh -ec {shlex.quote(step)}")
-        # a lean image: dpkg does not even unpack what customize.sh would delete
-        if r.lean:
-            argv += [f"--dpkgopt={o}" for o in state.distro.lean_dpkg_options(r)]
         # the package manager's output in the log, each line timed (runner.run stamps it): where the time goes
         argv.append("--verbose")
         # a distribution whose archive the host does not trust by default (Ubuntu on Debian): its keyring
