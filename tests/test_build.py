@@ -177,3 +177,46 @@ def test_lean_image_has_no_docs_but_keeps_licences(minimal_build, tmp_path):
         assert set(r.listdir("/usr/share/doc/bash")) == {"copyright"}
         assert "path-exclude=/usr/share/doc/*" in r.read("/etc/dpkg/dpkg.cfg.d/90-diskimages-lean")
         assert [x for x in r.listdir("/usr/share/locale") if not x.startswith("en") and x != "locale.alias"] == []
+
+
+def test_reuse_from_pulls_the_published_image_with_the_same_content_key(minimal_build, tmp_path, monkeypatch):
+    """`build --reuse-from HOST/REPO`: the image pushed by another build (tagged ck-KEY by every push) is pulled,
+    verified and put in place instead of building; the next build reuses it locally; an image whose record names
+    another key is refused with a line naming the registry."""
+    import hashlib
+    import time
+    from diskimages import publish
+    from diskimages.build import build
+    from diskimages.localregistry import LocalRegistry
+    from diskimages.registry import Ref, RegistryClient, RegistryError
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
+    for k in ("DISKIMAGES_REGISTRY_USER", "DISKIMAGES_REGISTRY_PASSWORD", "DISKIMAGES_REGISTRY_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    key = minimal_build.record["content_key"]
+    with LocalRegistry(tmp_path / "storage") as reg:
+        repo = f"{reg.host}/ci/images"
+        pushed = publish.push(minimal_build.image, f"{repo}:v1", progress=False)
+        t0 = time.monotonic()
+        got = build("debian-12-minimal", "mmdebstrap", tmp_path / "out", progress=False, reuse_from=repo)
+        took = time.monotonic() - t0
+        assert got.record["reused_from"] == f"{repo}@{pushed.digest}" and got.record["content_key"] == key
+        assert "sha256:" + hashlib.sha256(got.image.read_bytes()).hexdigest() == minimal_build.record["sha256"]
+        assert (got.image.parent / got.record["manifest"]).is_file()
+        assert not [p.name for p in got.image.parent.iterdir() if p.name.startswith(".")]
+        assert took < 30, took
+        again = build("debian-12-minimal", "mmdebstrap", tmp_path / "out", progress=False)
+        assert again.record["reused"] is True and again.record["sha256"] == minimal_build.record["sha256"]
+
+        # a registry whose ck- tag names an image of another key: refused, nothing written
+        other = f"{reg.host}/ci/other"
+        c = RegistryClient(reg.host)
+        publish.push(minimal_build.image, f"{other}:v1", progress=False,
+                     record={**minimal_build.record, "content_key": "sha256:" + "0" * 64})
+        raw, mtype, _ = c.get_manifest_raw(Ref.parse(f"{other}:v1"))
+        c.put_manifest(Ref.parse(f"{other}:v1"), raw, mtype, reference=publish.content_key_tag(key))
+        dest = tmp_path / "hostile" / minimal_build.image.name
+        dest.parent.mkdir()
+        with pytest.raises(RegistryError, match=f"{reg.host}: .*names content key 'sha256:0000"):
+            publish.fetch_by_content_key(other, key, {dest.name: dest}, progress=False)
+        assert list(dest.parent.iterdir()) == []
+        assert publish.fetch_by_content_key(f"{reg.host}/ci/empty", key, {dest.name: dest}, progress=False) is None

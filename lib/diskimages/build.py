@@ -64,6 +64,34 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path)
 
 
+def _fetch_published(repo: str, key: str, final: Path, record_path: Path, progress: bool) -> Optional[dict]:
+    """The image with this content key pulled from `repo` into place (disk, record, package manifest), with a
+    record that says where it came from; None when `repo` has none."""
+    import time
+    from . import publish
+    t0 = time.monotonic()
+    spdx = final.with_name(final.name.rsplit(".", 1)[0] + ".spdx.json")
+    from .registry import RegistryError
+    try:
+        got = publish.fetch_by_content_key(repo, key, {final.name: final, record_path.name: record_path,
+                                                       spdx.name: spdx}, progress=progress)
+    except (RegistryError, OSError) as e:
+        # a registry that refuses, fails or answers wrongly costs a build, never the build
+        print(f"{final.name}: not reused from {repo}: {str(e)[:300]}: building", flush=True)
+        return None
+    if got is None:
+        if progress:
+            print(f"{final.name}: {repo} has no image with content key {key[:19]}...: building", flush=True)
+        return None
+    pinned, rec = got
+    record = {**rec, "reused": True, "reused_image": final.name, "reused_from": pinned,
+              "reused_check_s": round(time.monotonic() - t0, 2), "image_mtime_ns": final.stat().st_mtime_ns}
+    measure.write_record(record, record_path)
+    if progress:
+        print(f"{final.name}: pulled from {pinned} (same content key; {record['reused_check_s']} s)", flush=True)
+    return record
+
+
 def _count_downloads(state, log: Path) -> None:
     """What the package manager says it fetched (every tool's log, whatever its cache layout) is the floor of
     `downloaded_bytes`; a cache called warm whose tool still fetched packages is said not to be kept."""
@@ -180,10 +208,12 @@ def _reusable(final: Path, record_path: Path, key: str) -> Optional[dict]:
 
 def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str | Path = "build",
           mirror: Optional[str] = None, compression: Optional[str] = None, use_cache: bool = True,
-          progress: bool = True, listener=None, rebuild: bool = False) -> BuildResult:
+          progress: bool = True, listener=None, rebuild: bool = False,
+          reuse_from: Optional[str] = None) -> BuildResult:
     """Build `recipe` with `tool` into `output_dir`. `listener(event)` gets the progress events (see Progress).
     An image already there with the same content key (`content_key`) is reused, not rebuilt, unless
-    `rebuild`; its record then says `reused`."""
+    `rebuild`; its record then says `reused`. `reuse_from` (HOST/REPO): an image published there with the same
+    content key is pulled (verified) instead of built; its record says `reused_from`."""
     import time
     t_start = time.monotonic()
     recipe, t = prepare(recipe, tool, compression)
@@ -205,6 +235,10 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
                 print(f"{recipe.name} / {t.name}: reused {final.name}: its content key matches "
                       f"({key[:19]}; rebuild to build it again)", flush=True)
             return BuildResult(final, record_path, log, record)
+    if key and reuse_from and not rebuild:
+        fetched = _fetch_published(reuse_from, key, final, record_path, progress)
+        if fetched is not None:
+            return BuildResult(final, record_path, log, fetched)
     work = output_dir / f"{WORK_PREFIX}{recipe.name}.{t.name}-{os.getpid()}"
     partial = output_dir / f".{final.name}-{os.getpid()}.partial"
     timer = measure.PhaseTimer()

@@ -105,7 +105,8 @@ def _cmd_check(args) -> int:
 def _cmd_build(args) -> int:
     from .build import build
     res = build(args.recipe, args.tool, args.output_dir, mirror=args.mirror, compression=args.compression,
-                use_cache=not args.no_cache, progress=not args.quiet, rebuild=args.rebuild)
+                use_cache=not args.no_cache, progress=not args.quiet, rebuild=args.rebuild,
+                reuse_from=args.reuse_from)
     print(res.table().to_string(index=False))
     print(f"image:  {res.image}\nrecord: {res.record_path}\nlog:    {res.log}")
     if args.boot:
@@ -209,6 +210,13 @@ def _cmd_docs(args) -> int:
     index = build_site(args.output, args.results, build_recipe=args.build_recipe, tool=args.tool)
     print(f"site: {index}")
     return 0
+
+
+def _repository(text: str) -> str:
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?/[a-z0-9]+([._/-][a-z0-9]+)*", text):
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not allowed (allowed: a registry host and repository, "
+                                         "e.g. ghcr.io/owner/images, no tag)")
+    return text
 
 
 def _zstd_level(text: str) -> int:
@@ -326,6 +334,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="build even when the image in the output folder has "
                                                           "the same content key (recipe, tool, configuration, "
                                                           "resolved packages)")
+    p.add_argument("--reuse-from", type=_repository, metavar="HOST/REPO",
+                   help="pull the image published there with the same content key instead of building it (every "
+                        "push tags it ck-KEY); build when there is none")
     p.add_argument("--boot", action="store_true", help="boot-check the image after building")
     p.add_argument("-q", "--quiet", action="store_true")
     _add_boot_opts(p)

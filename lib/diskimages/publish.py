@@ -198,10 +198,74 @@ def push(image: Path | str, ref: str, *, record: Optional[dict] = None, extra_ta
                               download_blob=download_blob)
     raw_manifest = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
     mdigest = c.put_manifest(r, raw_manifest, OCI_MANIFEST)
-    for tag in extra_tags:
+    key_tag = content_key_tag((record or {}).get("content_key"))
+    for tag in extra_tags + ((key_tag,) if key_tag else ()):
         c.put_manifest(r, raw_manifest, OCI_MANIFEST, reference=tag)
     return PushResult(str(r), mdigest, manifest, round(time.monotonic() - t0, 2),
                       size + (download_blob[1] if download_blob else 0))
+
+
+def content_key_tag(key: Optional[str]) -> Optional[str]:
+    """The tag every push adds for an image's content key ("ck-" and 40 hex digits), so `build --reuse-from`
+    finds the image in one request; None without a key."""
+    if not isinstance(key, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", key):
+        return None
+    return "ck-" + key[7:47]
+
+
+def fetch_by_content_key(repo: str, key: str, names: dict[str, Path], *, plain_http: Optional[bool] = None,
+                         progress: bool = True) -> Optional[tuple[str, dict]]:
+    """The image published in `repo` (HOST/REPO) with content key `key`: its layers pulled and verified, then
+    moved to `names` ({layer title: destination}; the disk's title must be among them). Returns (pinned
+    reference, its record) or None when `repo` has no image with that key. The registry's answer is checked:
+    the record must be a JSON object that names the same key and the disk's digest and size, and no title
+    outside `names` is written anywhere."""
+    import shutil
+    import tempfile
+    tag = content_key_tag(key)
+    if tag is None:
+        return None
+    r = Ref.parse(f"{repo}:{tag}")
+    c = RegistryClient(r.registry, plain_http)
+    where = f"{c.registry}: {r}"
+    resp = c.do_request(f"{c.base}/v2/{r.repository}/manifests/{tag}", "HEAD",
+                        headers={"Accept": OCI_MANIFEST})
+    if resp.status_code == 404:
+        return None
+    m, mdigest = _artifact_manifest(c, r)
+    ann = m.get("annotations") if isinstance(m.get("annotations"), dict) else {}
+    if ann.get(ANNOTATION_PREFIX + "content-key") != key:
+        raise RegistryError(f"{where}: the image tagged {tag} names content key "
+                            f"{_shown(ann.get(ANNOTATION_PREFIX + 'content-key'), 80)!r}, not {key[:19]}...")
+    titles = [layer_file_name(layer, where) for layer in m["layers"]]
+    wanted = [t for t in titles if t in names]
+    disk = disk_layer(m)
+    if layer_file_name(disk, where) not in names:
+        raise RegistryError(f"{where}: its disk is titled {layer_file_name(disk, where)!r}, not one of "
+                            f"{', '.join(sorted(names))}")
+    parent = next(iter(names.values())).parent
+    tmp = Path(tempfile.mkdtemp(prefix=".reuse-", dir=parent))
+    from . import reaper
+    tracked = reaper.track("path", path=str(tmp), what="images being fetched by content key")
+    try:
+        got = pull(f"{r.registry}/{r.repository}@{mdigest}", tmp, plain_http=plain_http, progress=progress,
+                   client=c)
+        files = {f.name: f for f in got.files if f.name in wanted}
+        rec_name = next((t for t in wanted if t.endswith(".json") and t != layer_file_name(disk, where)), None)
+        try:
+            record = json.loads(files[rec_name].read_text()) if rec_name else None
+        except (ValueError, OSError):
+            record = None
+        if not isinstance(record, dict) or record.get("content_key") != key or \
+                record.get("sha256") != disk["digest"] or record.get("file_bytes") != disk["size"]:
+            raise RegistryError(f"{where}: its build record does not describe its disk with content key "
+                                f"{key[:19]}... (a record naming the key, the disk's sha256 and size is needed)")
+        for title, f in files.items():
+            os.replace(f, names[title])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reaper.untrack(tracked)
+    return f"{r.registry}/{r.repository}@{mdigest}", record
 
 
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
