@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -80,6 +81,9 @@ def main() -> int:
     ap.add_argument("--no-warmup", action="store_true", help="do not fill the tools' package caches first")
     ap.add_argument("--lean", action="store_true",
                     help="also build each recipe's lean variant (lean: true; named RECIPE-lean) with the same tools")
+    ap.add_argument("--incremental", action="store_true",
+                    help="also measure mmdebstrap's rebuilds: full (keeping the package phase's tree), then with a "
+                         "changed hostname (the tree restored), then unchanged (no-op: the content key matches)")
     ap.add_argument("--repeat", type=int, default=1, metavar="N",
                     help="build every tool (and the baseline) N times, interleaved; boots only the first round")
     args = ap.parse_args()
@@ -129,6 +133,22 @@ def main() -> int:
                     rec = baseline(args.baseline, recipe.source, out, warm=not args.no_warmup and run == 1)
                     if args.repeat > 1:
                         _as_round(rec, run)
+    if args.incremental:
+        rows = []
+        for spec in args.recipe or ["debian-13-xfce"]:
+            recipe = load_checked(spec.partition(":")[0])
+            changed = recipe.model_copy(update={"hostname": "changed-host"})
+            inc = out.parent / f"{out.name}-incremental"
+            for what, r, kw in (("full, tree kept", recipe, {"rebuild": True}),
+                                ("hostname changed", changed, {"rebuild": True}),
+                                ("unchanged (no-op)", changed, {})):
+                t0 = time.monotonic()
+                res = build(r, "mmdebstrap", inc, progress=False, incremental=True, **kw)
+                rows.append({"recipe": recipe.name, "build": what, "seconds": round(time.monotonic() - t0, 1),
+                             "incremental": res.record.get("incremental", "")[:70],
+                             "reused": res.record.get("reused")})
+        print("\nmmdebstrap rebuilds (wall seconds, the whole build call)\n")
+        print(pd.DataFrame(rows).to_string(index=False))
     df = compare.load(out)
     for rname in dict.fromkeys(df["recipe"]):
         table = compare.table(df, rname)

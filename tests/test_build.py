@@ -220,3 +220,34 @@ def test_reuse_from_pulls_the_published_image_with_the_same_content_key(minimal_
             publish.fetch_by_content_key(other, key, {dest.name: dest}, progress=False)
         assert list(dest.parent.iterdir()) == []
         assert publish.fetch_by_content_key(f"{reg.host}/ci/empty", key, {dest.name: dest}, progress=False) is None
+
+
+def test_incremental_rebuild_restores_the_package_phase_and_a_damaged_cache_is_rebuilt(tmp_path):
+    """`incremental`: the first build keeps the tree after the package phase; a recipe that changes only the
+    hostname restores it (no package phase) and has the same packages; a damaged entry is detected by its
+    checksum, discarded and the tree made again."""
+    from diskimages import trees
+    from diskimages.build import build, content_key
+    from diskimages.tools import get_tool, load_checked
+    recipe = load_checked("debian-12-minimal")
+    _, info = content_key(recipe, get_tool("mmdebstrap"))
+    for p in trees._entry(info["tree_key"]):
+        p.unlink(missing_ok=True)
+    full = build(recipe, "mmdebstrap", tmp_path / "a", progress=False, incremental=True)
+    assert full.record["incremental"].startswith("kept the package phase's tree"), full.record["incremental"]
+    changed = recipe.model_copy(update={"hostname": "changed-host"})
+    inc = build(changed, "mmdebstrap", tmp_path / "b", progress=False, incremental=True)
+    assert inc.record["incremental"].startswith("restored"), inc.record["incremental"]
+    assert inc.record["phases"]["bootstrap"]["wall_s"] < full.record["phases"]["bootstrap"]["wall_s"] / 2
+    assert inc.record["manifest_packages"] == full.record["manifest_packages"]
+    assert inc.record["content_key"] != full.record["content_key"]
+    with ImageReader(inc.image) as r:
+        assert r.read("/etc/hostname").strip() == "changed-host"
+    tarball, _ = trees._entry(info["tree_key"])
+    with open(tarball, "r+b") as f:
+        f.seek(tarball.stat().st_size // 2)
+        f.write(b"damaged")
+    again = build(recipe.model_copy(update={"hostname": "third-host"}), "mmdebstrap", tmp_path / "c",
+                  progress=False, incremental=True)
+    assert again.record["incremental"].startswith("kept the package phase's tree"), again.record["incremental"]
+    assert trees.restore(info["tree_key"], tmp_path / "check")         # the new entry is sound

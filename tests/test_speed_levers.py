@@ -91,3 +91,42 @@ def test_desktop_images_skip_first_boot_jobs_and_generate_host_keys_off_the_crit
     assert "e2scrub_reap" not in console
     ubuntu = render_script(load_checked("ubuntu-24.04-xubuntu"))
     assert "grub-common.service" not in ubuntu            # Ubuntu's own grub.cfg needs its recordfail cleared
+
+
+def test_cached_trees_roundtrip_and_a_damaged_entry_is_never_used(tmp_path, monkeypatch):
+    """A tree kept by trees.save comes back identical (modes, links, symlinks); an entry whose checksum fails is
+    deleted and reported as missing; prune keeps the cache within its size, least recently used first."""
+    import os
+    from diskimages import trees
+    monkeypatch.setenv("DISKIMAGES_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "tree"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc/hostname").write_text("tree\n")
+    (src / "etc/secret").write_text("x")
+    os.chmod(src / "etc/secret", 0o600)
+    os.link(src / "etc/hostname", src / "etc/hardlink")
+    os.symlink("hostname", src / "etc/link")
+    (src / "big").write_bytes(os.urandom(1 << 20))
+    key = "sha256:" + "a1" * 32
+    assert trees.restore(key, tmp_path / "none") is None
+    assert trees.save(key, src).startswith("kept the package phase's tree")
+    said = trees.restore(key, tmp_path / "back")
+    assert said and said.startswith("restored")
+    back = tmp_path / "back"
+    assert (back / "etc/hostname").read_text() == "tree\n" and os.readlink(back / "etc/link") == "hostname"
+    assert (back / "etc/secret").stat().st_mode & 0o777 == 0o600
+    assert (back / "etc/hardlink").stat().st_ino == (back / "etc/hostname").stat().st_ino
+    tarball, sums = trees._entry(key)
+    data = bytearray(tarball.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tarball.write_bytes(bytes(data))
+    assert trees.restore(key, tmp_path / "again") is None
+    assert not tarball.exists() and not sums.exists() and not (tmp_path / "again").exists()
+    other = "sha256:" + "b2" * 32
+    trees.save(key, src)
+    time.sleep(0.05)
+    trees.save(other, src)
+    gone = trees.prune(max_bytes=trees._entry(other)[0].stat().st_size)
+    assert len(gone) == 1 and "a1a1" in gone[0] and trees._entry(other)[0].is_file()
+    with __import__("pytest").raises(ValueError):
+        trees._entry("sha256:../../etc")

@@ -186,7 +186,14 @@ def content_key(recipe: Recipe, tool: Tool, mirror: Optional[str] = None) -> tup
     data = {"recipe": recipe.digest(), "tool": tool.name, "tool_version": tool.version(), "config": config,
             "packages": resolved, "diskimages": __version__}
     key = "sha256:" + hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-    return key, {"content_key": key, "resolved_packages": len(resolved)}
+    info = {"content_key": key, "resolved_packages": len(resolved)}
+    tree = tool.tree_config(state)
+    if tree is not None:
+        # the tree after the package phase: the same tool, configuration and packages whatever else changed
+        info["tree_key"] = "sha256:" + hashlib.sha256(json.dumps(
+            {"tool": tool.name, "tool_version": data["tool_version"], "tree": tree, "packages": resolved,
+             "diskimages": __version__}, sort_keys=True).encode()).hexdigest()
+    return key, info
 
 
 def _reusable(final: Path, record_path: Path, key: str) -> Optional[dict]:
@@ -209,11 +216,12 @@ def _reusable(final: Path, record_path: Path, key: str) -> Optional[dict]:
 def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str | Path = "build",
           mirror: Optional[str] = None, compression: Optional[str] = None, use_cache: bool = True,
           progress: bool = True, listener=None, rebuild: bool = False,
-          reuse_from: Optional[str] = None) -> BuildResult:
+          reuse_from: Optional[str] = None, incremental: bool = False) -> BuildResult:
     """Build `recipe` with `tool` into `output_dir`. `listener(event)` gets the progress events (see Progress).
     An image already there with the same content key (`content_key`) is reused, not rebuilt, unless
     `rebuild`; its record then says `reused`. `reuse_from` (HOST/REPO): an image published there with the same
-    content key is pulled (verified) instead of built; its record says `reused_from`."""
+    content key is pulled (verified) instead of built; its record says `reused_from`. `incremental`: the tree
+    after the package phase is kept, and restored when only other things changed (see trees.py)."""
     import time
     t_start = time.monotonic()
     recipe, t = prepare(recipe, tool, compression)
@@ -251,6 +259,10 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
             yield
 
     state = new_state(recipe, work, log, mirror, use_cache=use_cache, on_line=bar.line, phase=phase)
+    if incremental:
+        state.tree_key = key_info.get("tree_key")
+        state.incremental = "no tree key: " + key_info.get("content_key_missing", t.no_incremental) \
+            if state.tree_key is None else "on"
     check_mirror(state)
     reaper.reap(say=True)
     log.write_text("")
@@ -300,6 +312,7 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
         "firmware": recipe.disk.firmware, "lean": recipe.lean, "kernel": info.kernel, "root_uuid": info.root_uuid,
         "host_workarounds": state.host_workarounds, **sbom, **key_info, "reused": False,
         **({"content_differs": "; ".join(state.content_differs)} if state.content_differs else {}),
+        "incremental": state.incremental,
         "image_mtime_ns": final.stat().st_mtime_ns,
         "base": state.base.as_record() if state.base else None, "sparsified": state.sparsified,
         "autologin_uid": recipe.user_uid(recipe.autologin) if recipe.autologin else None,

@@ -106,7 +106,7 @@ def _cmd_build(args) -> int:
     from .build import build
     res = build(args.recipe, args.tool, args.output_dir, mirror=args.mirror, compression=args.compression,
                 use_cache=not args.no_cache, progress=not args.quiet, rebuild=args.rebuild,
-                reuse_from=args.reuse_from)
+                reuse_from=args.reuse_from, incremental=args.incremental)
     print(res.table().to_string(index=False))
     print(f"image:  {res.image}\nrecord: {res.record_path}\nlog:    {res.log}")
     if args.boot:
@@ -180,11 +180,12 @@ def _cmd_boot(args) -> int:
 
 def _cmd_gc(args) -> int:
     from .reaper import reap
-    done = reap()
+    from .trees import prune
+    done = reap() + prune(args.trees_max_days, int(args.trees_max_gib * (1 << 30)))
     for line in done:
         print(line)
-    print(f"gc: {len(done)} thing(s) left by killed commands cleaned up" if done else
-          "gc: nothing left by killed commands")
+    print(f"gc: {len(done)} thing(s) cleaned up" if done else
+          "gc: nothing left by killed commands, no cached tree too old or over the limit")
     return 0
 
 
@@ -217,6 +218,16 @@ def _repository(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text[:80]!r} is not allowed (allowed: a registry host and repository, "
                                          "e.g. ghcr.io/owner/images, no tag)")
     return text
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e9:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not allowed (allowed: a number, 0 or more)")
+    return value
 
 
 def _zstd_level(text: str) -> int:
@@ -334,6 +345,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="build even when the image in the output folder has "
                                                           "the same content key (recipe, tool, configuration, "
                                                           "resolved packages)")
+    p.add_argument("--incremental", action="store_true",
+                   help="keep the tree after the package phase (a zstd tarball in ~/.cache/diskimages/trees) and "
+                        "restore it when only users, files, hostname, scripts, services, locale, disk or output "
+                        "changed (mmdebstrap)")
     p.add_argument("--reuse-from", type=_repository, metavar="HOST/REPO",
                    help="pull the image published there with the same content key instead of building it (every "
                         "push tags it ck-KEY); build when there is none")
@@ -349,6 +364,10 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_boot)
     p = sub.add_parser("gc", help="end and remove what killed commands left (processes, VMs, daemons, "
                                   "loop devices, work folders; qemu.conf restored)")
+    p.add_argument("--trees-max-days", type=_non_negative, default=14, metavar="DAYS",
+                   help="remove cached trees (build --incremental) unused this long (default 14)")
+    p.add_argument("--trees-max-gib", type=_non_negative, default=20, metavar="GIB",
+                   help="then the least recently used until the cached trees fit (default 20)")
     p.set_defaults(func=_cmd_gc)
     p = sub.add_parser("vms", help="the VMs diskimages started and left running")
     p.add_argument("--json", action="store_true", help="JSON rows instead of a table")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, ContextManager, Iterator, Optional
 
-from .. import checkers, customize, distros, disk, measure
+from .. import checkers, customize, distros, disk, measure, trees
 from ..disk import DiskInfo
 from ..distros import Distribution, MirrorChoice, Release
 from ..paths import cache_dir
@@ -74,6 +74,9 @@ class BuildState:
     cache: str = "off"
     host_workarounds: list[str] = field(default_factory=list)
     sparsified: Optional[str] = None
+    #: incremental rebuilds: the key of the tree after the package phase (None: off), and what happened to it
+    tree_key: Optional[str] = None
+    incremental: str = "off"
     #: how this tool's image differs in content from what the recipe gives the others (the comparison says so)
     content_differs: list[str] = field(default_factory=list)
 
@@ -209,6 +212,15 @@ class Tool:
         d, rel = distros.for_recipe(recipe)
         return distros.unreachable(d, rel, d.choose_mirror())
 
+    def tree_config(self, state: BuildState) -> Optional[str]:
+        """What decides the root tree after this tool's package phase, besides the resolved packages (its
+        rendered bootstrap configuration), for incremental rebuilds; None where the tool has no such step."""
+        return None
+
+    #: why this tool has no incremental rebuilds (the record says so when they are asked for)
+    no_incremental: ClassVar[str] = "the tool makes the whole disk in one step: there is no tree after its package " \
+                                    "phase to keep"
+
     def needs_for(self, distro: Optional[Distribution] = None) -> frozenset[str]:
         """What the orchestrator hands in for a build of this distribution (a tool whose path differs per
         distribution, such as an installer instead of a cloud base image, narrows `needs`)."""
@@ -295,7 +307,13 @@ class RootfsTool(Tool):
     def execute(self, state: BuildState, raw: Path) -> DiskInfo:
         rootfs = state.work / "rootfs"
         with state.phase("bootstrap"):
-            self.bootstrap(state, rootfs)
+            restored = trees.restore(state.tree_key, rootfs, log=state.log) if state.tree_key else None
+            if restored:
+                state.incremental, state.cache, state.downloaded_bytes = restored, "not needed", 0
+            else:
+                self.bootstrap(state, rootfs)
+                if state.tree_key:
+                    state.incremental = trees.save(state.tree_key, rootfs, log=state.log)
         packages = len(state.distro.installed_packages(rootfs))
         if not self.applies_recipe:
             with state.phase("customize"):

@@ -88,6 +88,9 @@ class Mmdebstrap(RootfsTool):
             script += " <<'SOURCES'\n" + stdin + "SOURCES"
         return {"mmdebstrap.sh": script + "\n", "customize.sh": render_script(state.recipe)}
 
+    def tree_config(self, state: BuildState) -> str:
+        return self.render(state)["mmdebstrap.sh"]
+
     def check(self, state: BuildState, where: Path) -> list:
         """mmdebstrap has no parser that runs without the archive: the command's keyrings must exist, the
         sources must be well-formed apt lines, and the scripts must parse (`sh -n`)."""

@@ -1,0 +1,99 @@
+"""Incremental rebuilds: the root tree a tool leaves after its package phase, kept as a zstd tarball keyed by
+what made it (the tool, its version, its rendered bootstrap configuration and the resolved package set), so a
+recipe change that leaves the packages alone (users, files, hostname, scripts, services, locale, disk, output)
+restores the tree in seconds and re-runs only customisation, assembly and compression.
+
+Each entry is `KEY.tar.zst` with `KEY.sha256` beside it, both written under a temporary name and renamed when
+complete; an entry whose checksum does not match (a kill while writing, a damaged disk) is deleted and the tree
+is built again, never used. `prune` keeps the cache within an age and a size (`python -m diskimages gc`).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from . import reaper, runner
+from .paths import cache_dir
+
+#: GNU tar keeps what an image needs: owners by number, modes, hard links, xattrs (file capabilities) and ACLs
+TAR_KEEP = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", "-p"]
+MAX_AGE_DAYS = 14
+MAX_BYTES = 20 << 30
+
+
+def _entry(key: str) -> tuple[Path, Path]:
+    name = key.split(":", 1)[-1][:64]
+    if not name.isalnum():
+        raise ValueError(f"not a tree key: {key[:80]!r}")
+    d = cache_dir("trees")
+    return d / f"{name}.tar.zst", d / f"{name}.sha256"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def restore(key: str, rootfs: Path, *, log: Optional[Path] = None) -> Optional[str]:
+    """Unpack the tree cached under `key` into `rootfs` (created). Returns None when there is no usable entry
+    (none, or one that failed its checksum: deleted), else what the record says."""
+    tarball, sums = _entry(key)
+    if not tarball.is_file() or not sums.is_file():
+        return None
+    t0 = time.monotonic()
+    if sums.read_text().strip() != _sha256(tarball):
+        tarball.unlink(missing_ok=True)
+        sums.unlink(missing_ok=True)
+        return None
+    rootfs.mkdir(parents=True, exist_ok=True)
+    runner.run(["tar", "-C", rootfs, *TAR_KEEP, "-I", "zstd -T0", "-xf", tarball], log=log)
+    os.utime(tarball)                       # recently used: pruned last
+    return f"restored the package phase's tree ({tarball.stat().st_size >> 20} MiB) in " \
+           f"{time.monotonic() - t0:.1f} s"
+
+
+def save(key: str, rootfs: Path, *, log: Optional[Path] = None) -> str:
+    """Keep `rootfs` as the tree of `key` (written under a temporary name, checksummed, then renamed)."""
+    tarball, sums = _entry(key)
+    t0 = time.monotonic()
+    part = tarball.with_name(f".{tarball.name}-{os.getpid()}.partial")
+    part_sums = sums.with_name(f".{sums.name}-{os.getpid()}.partial")
+    tracked = [reaper.track("path", path=str(p), what="unfinished cached tree") for p in (part, part_sums)]
+    try:
+        runner.run(["tar", "-C", rootfs, *TAR_KEEP, "-I", "zstd -T0 -3", "-cf", part, "."], log=log)
+        part_sums.write_text(_sha256(part) + "\n")
+        os.replace(part, tarball)
+        os.replace(part_sums, sums)
+    finally:
+        part.unlink(missing_ok=True)
+        part_sums.unlink(missing_ok=True)
+        for k in tracked:
+            reaper.untrack(k)
+    return f"kept the package phase's tree ({tarball.stat().st_size >> 20} MiB, {time.monotonic() - t0:.1f} s)"
+
+
+def prune(max_age_days: float = MAX_AGE_DAYS, max_bytes: int = MAX_BYTES) -> list[str]:
+    """Delete entries unused for `max_age_days`, then the least recently used until the cache is within
+    `max_bytes`, and any checksum without its tarball. Returns what was deleted."""
+    d = cache_dir("trees")
+    gone = []
+    entries = sorted((p for p in d.glob("*.tar.zst")), key=lambda p: p.stat().st_mtime)
+    now = time.time()
+    total = sum(p.stat().st_size for p in entries)
+    for p in entries:
+        old = now - p.stat().st_mtime > max_age_days * 86400
+        if old or total > max_bytes:
+            total -= p.stat().st_size
+            p.unlink(missing_ok=True)
+            p.with_name(p.name.replace(".tar.zst", ".sha256")).unlink(missing_ok=True)
+            gone.append(f"removed cached tree {p.name} ({'unused for ' + str(max_age_days) + ' days' if old else 'over the size limit'})")
+    for s in d.glob("*.sha256"):
+        if not s.with_name(s.name.replace(".sha256", ".tar.zst")).exists():
+            s.unlink(missing_ok=True)
+    return gone
