@@ -130,3 +130,30 @@ def test_cached_trees_roundtrip_and_a_damaged_entry_is_never_used(tmp_path, monk
     assert len(gone) == 1 and "a1a1" in gone[0] and trees._entry(other)[0].is_file()
     with __import__("pytest").raises(ValueError):
         trees._entry("sha256:../../etc")
+
+
+def test_cluster_size_is_a_recipe_choice_checked_by_qemu_img(tmp_path, capsys):
+    import json as _json
+    import os
+    import subprocess
+    from diskimages import disk
+    raw = tmp_path / "d.raw"
+    with open(raw, "wb") as f:
+        f.truncate(32 << 20)
+        f.write(os.urandom(1 << 20) + bytes(1 << 20) + b"x" * (1 << 20))
+    for size, expect in (("64K", 65536), ("2M", 2 << 20)):
+        out = tmp_path / f"d-{size}.qcow2"
+        disk.convert(raw.with_name("d.raw"), out, "qcow2", "zstd", cluster_size=size)
+        info = _json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(out)], capture_output=True,
+                                          text=True, check=True).stdout)
+        assert info["cluster-size"] == expect
+        subprocess.run(["qemu-img", "check", "-q", str(out)], check=True)
+    base = yaml.safe_load((REPO / "recipes" / "debian-13-minimal.yaml").read_text())
+    base.pop("files", None)
+    base.pop("scripts", None)
+    base["output"] = {"format": "qcow2", "compression": "zstd", "cluster_size": "3M"}
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(base))
+    assert cli_main(["validate", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert f"{p}: output.cluster_size:" in err and "'64K'" in err and "'2M'" in err, err

@@ -278,7 +278,8 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
             _count_downloads(state, log)
             sbom = _manifest(raw, state, t, final, work)
             with phase(COMPRESS):
-                disk.convert(raw, partial, recipe.output.format, recipe.output.compression, log=log)
+                disk.convert(raw, partial, recipe.output.format, recipe.output.compression, log=log,
+                             cluster_size=recipe.output.cluster_size)
                 subprocess.run(["qemu-img", "check", "-q", str(partial)], check=recipe.output.format == "qcow2",
                                capture_output=True)
                 sha = measure.sha256_file(partial)
@@ -309,6 +310,7 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
         "virtual_bytes": measure.qemu_img_info(final)["virtual-size"], "allocated_bytes": allocated,
         "file_bytes": final.stat().st_size, "sha256": sha,
         "image": final.name, "format": recipe.output.format, "compression": recipe.output.compression,
+        "cluster_size": recipe.output.cluster_size if recipe.output.format == "qcow2" else None,
         "firmware": recipe.disk.firmware, "lean": recipe.lean, "kernel": info.kernel, "root_uuid": info.root_uuid,
         "host_workarounds": state.host_workarounds, **sbom, **key_info, "reused": False,
         **({"content_differs": "; ".join(state.content_differs)} if state.content_differs else {}),

@@ -256,12 +256,13 @@ def assemble(recipe: Recipe, rootfs: Path, raw: Path, work: Path, log: Optional[
     return layout
 
 
-def convert(raw: Path, out: Path, fmt: str, compression: str, log: Optional[Path] = None) -> None:
+def convert(raw: Path, out: Path, fmt: str, compression: str, log: Optional[Path] = None,
+            cluster_size: str = "64K") -> None:
     """raw -> final format, written to `out` (the caller renames it into place)."""
     if fmt == "raw":
         os.replace(raw, out)
         return
-    cmd = ["qemu-img", "convert", "-O", "qcow2"]
+    cmd = ["qemu-img", "convert", "-O", "qcow2", "-o", f"cluster_size={cluster_size}"]
     if compression != "none":
         cmd += ["-c", "-o", f"compression_type={compression}"]
     runner.run([*cmd, raw, out], log=log)
