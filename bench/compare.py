@@ -84,6 +84,8 @@ def main() -> int:
     ap.add_argument("--incremental", action="store_true",
                     help="also measure mmdebstrap's rebuilds: full (keeping the package phase's tree), then with a "
                          "changed hostname (the tree restored), then unchanged (no-op: the content key matches)")
+    ap.add_argument("--download-format", action="append", default=[], metavar="RECIPE",
+                    help="also make the download format (raw.zst, zstd -19 --long) of this recipe's native image")
     ap.add_argument("--repeat", type=int, default=1, metavar="N",
                     help="build every tool (and the baseline) N times, interleaved; boots only the first round")
     args = ap.parse_args()
@@ -133,6 +135,19 @@ def main() -> int:
                     rec = baseline(args.baseline, recipe.source, out, warm=not args.no_warmup and run == 1)
                     if args.repeat > 1:
                         _as_round(rec, run)
+    dl_rows = []
+    for rname in args.download_format:
+        from diskimages.publish import download_file
+        img = out / f"{rname}.mmdebstrap.qcow2"
+        if img.is_file():
+            t0 = time.monotonic()
+            f = download_file(img)
+            dl_rows.append({"recipe": rname, "qcow2 MiB": round(img.stat().st_size / 2**20, 1),
+                            "raw.zst MiB": round(f.stat().st_size / 2**20, 1),
+                            "zstd -19 --long s": round(time.monotonic() - t0, 1)})
+    if dl_rows:
+        print("\nthe download format of the native image\n")
+        print(pd.DataFrame(dl_rows).to_string(index=False))
     if args.incremental:
         rows = []
         for spec in args.recipe or ["debian-13-xfce"]:

@@ -42,6 +42,9 @@ IOSchedulingClass=idle
 WantedBy=multi-user.target {ssh_service}
 """
 
+UPDATE_DONE = ("# This file was created by systemd-update-done. Its only\n# purpose is to hold a timestamp of the "
+               "time this directory\n# was updated. See man:systemd-update-done.service(8).")
+
 #: units a desktop image does not need at boot
 FIRST_BOOT_JOBS = ("e2scrub_reap.service", "e2scrub_all.timer")
 
@@ -182,9 +185,10 @@ def render_script(recipe: Recipe, stage: str = STAGE) -> str:
     add("find /var/log -type f -exec truncate -s 0 {} +")
     step("caches current: the first boot skips ldconfig.service and the other /usr-newer-than-/etc updates")
     add("ldconfig")
-    add("for d in /usr/lib/systemd /lib/systemd; do")
-    add("  if [ -x $d/systemd-update-done ]; then $d/systemd-update-done; break; fi")
-    add("done")
+    # what systemd-update-done writes (it does nothing in a chroot): ConditionNeedsUpdate= compares /usr's time
+    add("if [ -d /usr/lib/systemd ]; then for f in /etc/.updated /var/.updated; do")
+    add(f"  printf '%s\\n' {_q(UPDATE_DONE)} > \"$f\"; touch -r /usr \"$f\"")
+    add("done; fi")
     step("done")
     return "\n".join(s) + "\n"
 
