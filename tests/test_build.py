@@ -251,3 +251,25 @@ def test_incremental_rebuild_restores_the_package_phase_and_a_damaged_cache_is_r
                   progress=False, incremental=True)
     assert again.record["incremental"].startswith("kept the package phase's tree"), again.record["incremental"]
     assert trees.restore(info["tree_key"], tmp_path / "check")         # the new entry is sound
+
+
+def test_a_package_that_moved_since_resolving_fails_the_build_naming_it(tmp_path):
+    """The content key names the resolved package set; when the mirror's index moves between resolving and
+    building, the native build installs another version: it fails naming the package, and leaves no image."""
+    from diskimages.build import build, content_key
+    from diskimages.paths import cache_dir
+    from diskimages.tools import get_tool, load_checked
+    recipe = load_checked("debian-12-minimal")
+    _, info = content_key(recipe, get_tool("mmdebstrap"))
+    answer = next(p for p in cache_dir("resolve", "debian-bookworm-amd64").glob("resolved-*.json")
+                  if json.loads(p.read_text()) == info["_resolved"])
+    saved = answer.read_text()
+    moved = [("bash=0.0-moved" if x.startswith("bash=") else x) for x in json.loads(saved)]
+    answer.write_text(json.dumps(moved))
+    try:
+        with pytest.raises(RuntimeError, match=r"index changed between resolving and building: bash was resolved "
+                                               r"to 0\.0-moved but \S+ was installed"):
+            build(recipe, "mmdebstrap", tmp_path, progress=False, rebuild=True)
+        assert not list(tmp_path.glob("*.qcow2")) and not list(tmp_path.glob(".*"))
+    finally:
+        answer.write_text(saved)

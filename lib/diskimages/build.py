@@ -186,7 +186,7 @@ def content_key(recipe: Recipe, tool: Tool, mirror: Optional[str] = None) -> tup
     data = {"recipe": recipe.digest(), "tool": tool.name, "tool_version": tool.version(), "config": config,
             "packages": resolved, "diskimages": __version__}
     key = "sha256:" + hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-    info = {"content_key": key, "resolved_packages": len(resolved)}
+    info = {"content_key": key, "resolved_packages": len(resolved), "_resolved": resolved}
     tree = tool.tree_config(state)
     if tree is not None:
         # the tree after the package phase: the same tool, configuration and packages whatever else changed
@@ -233,6 +233,7 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
     reap_stale_work(output_dir)
     final, record_path, log = artifact_paths(output_dir, recipe, t)
     key, key_info = content_key(recipe, t, mirror)
+    resolved = key_info.pop("_resolved", None)
     if key and not rebuild:
         old = _reusable(final, record_path, key)
         if old is not None:
@@ -277,6 +278,8 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
             allocated = measure.allocated_bytes(raw)
             _count_downloads(state, log)
             sbom = _manifest(raw, state, t, final, work)
+            if resolved and sbom.get("manifest") and t.tree_config(state) is not None:
+                _check_resolution(resolved, work / "manifest.spdx.json", state)
             with phase(COMPRESS):
                 disk.convert(raw, partial, recipe.output.format, recipe.output.compression, log=log,
                              cluster_size=recipe.output.cluster_size)
@@ -342,6 +345,22 @@ def manifest_table(result: "BuildResult"):
 def manifest_path(image: Path) -> Path:
     """The SPDX manifest beside an image: NAME.TOOL.spdx.json for NAME.TOOL.qcow2."""
     return image.with_name(image.name.rsplit(".", 1)[0] + ".spdx.json")
+
+
+def _check_resolution(resolved: list[str], manifest_file: Path, state: BuildState) -> None:
+    """The tool installed what the content key was resolved to (a tool whose package phase is apt's own run of
+    the same request): a package both have in other versions moved in the mirror's index between resolving and
+    building, and the image is not the one its key names."""
+    from . import manifest
+    want = dict(x.split("=", 1) for x in resolved)
+    got = {p["name"]: p["version"] for p in manifest.load(manifest_file)}
+    moved = sorted(n for n in want.keys() & got.keys() if want[n] != got[n])
+    if moved:
+        n = moved[0]
+        raise RuntimeError(f"the {state.distro.pretty_name} mirror's index changed between resolving and building: "
+                           f"{n} was resolved to {want[n]} but {got[n]} was installed"
+                           + (f" (and {len(moved) - 1} more)" if len(moved) > 1 else "") +
+                           "; build again to resolve against the new index")
 
 
 def _manifest(raw: Path, state: BuildState, tool: Tool, final: Path, work: Path) -> dict:
