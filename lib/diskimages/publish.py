@@ -87,19 +87,13 @@ def download_file(image: Path | str, *, level: int = 19, log: Optional[Path] = N
         return out
     raw = out.with_name(f".{out.name}-{os.getpid()}.raw.partial")
     partial = out.with_name(f".{out.name}-{os.getpid()}.partial")
-    keys = [reaper.track("path", path=str(p), what="unfinished download file") for p in (raw, partial)]
-    try:
+    with reaper.temp_files(raw, partial, what="unfinished download file"):
         src = image
         if image.suffix != ".raw":
             runner.run(["qemu-img", "convert", "-O", "raw", image, raw], log=log)
             src = raw
         runner.run(["zstd", "-q", "-f", "-T0", f"-{level}", "--long=27", src, "-o", partial], log=log)
         os.replace(partial, out)
-    finally:
-        raw.unlink(missing_ok=True)
-        partial.unlink(missing_ok=True)
-        for k in keys:
-            reaper.untrack(k)
     return out
 
 

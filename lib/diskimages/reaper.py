@@ -104,6 +104,19 @@ def temp_dir(prefix: str) -> Iterator[Path]:
         untrack(key)
 
 
+@contextlib.contextmanager
+def temp_files(*paths: Path, what: str) -> Iterator[None]:
+    """Files being written under temporary names: removed when the block ends (renamed into place or not),
+    and by the next command if this one is killed."""
+    keys = [track("path", path=str(p), what=what) for p in paths]
+    try:
+        yield
+    finally:
+        for p, key in zip(paths, keys):
+            Path(p).unlink(missing_ok=True)
+            untrack(key)
+
+
 def track_group(pid: int, what: str) -> str:
     """A child started with start_new_session=True: its session id is its PID."""
     return track("group", sid=pid, start=_start_time(pid) or 0, what=what)

@@ -64,17 +64,11 @@ def save(key: str, rootfs: Path, *, log: Optional[Path] = None) -> str:
     t0 = time.monotonic()
     part = tarball.with_name(f".{tarball.name}-{os.getpid()}.partial")
     part_sums = sums.with_name(f".{sums.name}-{os.getpid()}.partial")
-    tracked = [reaper.track("path", path=str(p), what="unfinished cached tree") for p in (part, part_sums)]
-    try:
+    with reaper.temp_files(part, part_sums, what="unfinished cached tree"):
         runner.run(["tar", "-C", rootfs, *TAR_KEEP, "-I", "zstd -T0 -3", "-cf", part, "."], log=log)
         part_sums.write_text(_sha256(part) + "\n")
         os.replace(part, tarball)
         os.replace(part_sums, sums)
-    finally:
-        part.unlink(missing_ok=True)
-        part_sums.unlink(missing_ok=True)
-        for k in tracked:
-            reaper.untrack(k)
     return f"kept the package phase's tree ({tarball.stat().st_size >> 20} MiB, {time.monotonic() - t0:.1f} s)"
 
 
