@@ -195,7 +195,9 @@ def test_each_tool_keeps_its_own_package_cache_out_of_every_image(tmp_path, monk
     from diskimages.tools import new_state
     state = new_state(load_checked(SMALL), Path("WORK"), Path("LOG"))
     assert get_tool("mkosi").cache_path(state) != get_tool("mmdebstrap").cache_path(state)
-    assert mk.record["cache"] in ("cold", "partial", "warm")
+    # mkosi 14 fetches its packages again every build (its cache keeps none): the record says so and counts them
+    assert mk.record["cache"] in ("cold", "partial", "warm") or (
+        mk.record["cache"].startswith("not kept: the tool fetched") and mk.record["downloaded_bytes"] > 1 << 20)
     with ImageReader(mm.image) as r:
         assert set(r.listdir("/var/cache/apt/archives")) <= {"partial", "lock"}
     assert mm.record["file_bytes"] < 400 << 20
