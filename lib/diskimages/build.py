@@ -70,8 +70,8 @@ def _fetch_published(repo: str, key: str, final: Path, record_path: Path, progre
     import time
     from . import publish
     t0 = time.monotonic()
-    spdx = final.with_name(final.name.rsplit(".", 1)[0] + ".spdx.json")
     from .registry import RegistryError
+    spdx = manifest_path(final)
     try:
         got = publish.fetch_by_content_key(repo, key, {final.name: final, record_path.name: record_path,
                                                        spdx.name: spdx}, progress=progress)
@@ -278,7 +278,7 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
             allocated = measure.allocated_bytes(raw)
             _count_downloads(state, log)
             sbom = _manifest(raw, state, t, final, work)
-            if resolved and sbom.get("manifest") and t.tree_config(state) is not None:
+            if resolved and sbom.get("manifest") and t.installs_as_resolved:
                 _check_resolution(resolved, work / "manifest.spdx.json", state)
             with phase(COMPRESS):
                 disk.convert(raw, partial, recipe.output.format, recipe.output.compression, log=log,

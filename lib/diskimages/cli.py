@@ -405,7 +405,7 @@ def parser() -> argparse.ArgumentParser:
                    help="also push the image in this download format (raw.zst: the raw disk, zstd with long-distance "
                         "matching; `zstd -d` unpacks it), made beside the image once")
     p.add_argument("--zstd-level", type=_zstd_level, default=19, metavar="1-19",
-                   help="zstd level of the download format (default 19: smallest; 9 is about 10x faster)")
+                   help="zstd level of the download format (default 19: the smallest, and the slowest)")
     _add_registry_opts(p)
     p.set_defaults(func=_cmd_push)
     p = sub.add_parser("pull", help="download an artifact's files, each verified against its digest (resumable)")

@@ -214,8 +214,6 @@ def fetch_by_content_key(repo: str, key: str, names: dict[str, Path], *, plain_h
     reference, its record) or None when `repo` has no image with that key. The registry's answer is checked:
     the record must be a JSON object that names the same key and the disk's digest and size, and no title
     outside `names` is written anywhere."""
-    import shutil
-    import tempfile
     tag = content_key_tag(key)
     if tag is None:
         return None
@@ -234,20 +232,21 @@ def fetch_by_content_key(repo: str, key: str, names: dict[str, Path], *, plain_h
     titles = [layer_file_name(layer, where) for layer in m["layers"]]
     wanted = [t for t in titles if t in names]
     disk = disk_layer(m)
-    if layer_file_name(disk, where) not in names:
-        raise RegistryError(f"{where}: its disk is titled {layer_file_name(disk, where)!r}, not one of "
-                            f"{', '.join(sorted(names))}")
-    parent = next(iter(names.values())).parent
-    tmp = Path(tempfile.mkdtemp(prefix=".reuse-", dir=parent))
+    disk_title = layer_file_name(disk, where)
+    if disk_title not in names:
+        raise RegistryError(f"{where}: its disk is titled {disk_title!r}, not one of {', '.join(sorted(names))}")
+    records = [layer for layer, t in zip(m["layers"], titles) if t in names and t.endswith(".json")
+               and t != disk_title and layer.get("mediaType") == RECORD_MEDIA_TYPE]
+    if len(records) != 1 or records[0]["size"] > MAX_RECORD:
+        raise RegistryError(f"{where}: the image tagged {tag} has no build record of at most "
+                            f"{MAX_RECORD >> 20} MiB titled as one of {', '.join(sorted(names))}")
     from . import reaper
-    tracked = reaper.track("path", path=str(tmp), what="images being fetched by content key")
-    try:
+    with reaper.temp_dir(".reuse-", where=next(iter(names.values())).parent) as tmp:
         got = pull(f"{r.registry}/{r.repository}@{mdigest}", tmp, plain_http=plain_http, progress=progress,
-                   client=c)
-        files = {f.name: f for f in got.files if f.name in wanted}
-        rec_name = next((t for t in wanted if t.endswith(".json") and t != layer_file_name(disk, where)), None)
+                   client=c, titles=set(wanted))
+        files = {f.name: f for f in got.files}
         try:
-            record = json.loads(files[rec_name].read_text()) if rec_name else None
+            record = json.loads(files[layer_file_name(records[0], where)].read_text())
         except (ValueError, OSError):
             record = None
         if not isinstance(record, dict) or record.get("content_key") != key or \
@@ -256,13 +255,11 @@ def fetch_by_content_key(repo: str, key: str, names: dict[str, Path], *, plain_h
                                 f"{key[:19]}... (a record naming the key, the disk's sha256 and size is needed)")
         for title, f in files.items():
             os.replace(f, names[title])
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        reaper.untrack(tracked)
     return f"{r.registry}/{r.repository}@{mdigest}", record
 
 
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+MAX_RECORD = 16 << 20          # a build record is a few KiB: a registry announcing more is not read
 MAX_LAYER = 4 << 40
 SAFE_TITLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,200}")
 
@@ -339,10 +336,11 @@ def layer_file_name(layer: dict, where: str) -> str:
 
 
 def pull(ref: str, directory: Path | str, *, plain_http: Optional[bool] = None, progress: bool = True,
-         client: Optional[RegistryClient] = None, force: bool = False) -> PullResult:
-    """Download every layer of an artifact into `directory` under its title, each verified against its digest
-    (written to NAME.partial and renamed when it matches; an interrupted pull resumes from the .partial).
-    An existing file of another content is replaced only with `force`."""
+         client: Optional[RegistryClient] = None, force: bool = False,
+         titles: Optional[set[str]] = None) -> PullResult:
+    """Download every layer of an artifact (or those titled in `titles`) into `directory` under its title, each
+    verified against its digest (written to NAME.partial and renamed when it matches; an interrupted pull
+    resumes from the .partial). An existing file of another content is replaced only with `force`."""
     r = Ref.parse(ref)
     c = client or RegistryClient(r.registry, plain_http)
     where = f"{c.registry}: {r}"
@@ -354,6 +352,8 @@ def pull(ref: str, directory: Path | str, *, plain_http: Optional[bool] = None, 
     out.mkdir(parents=True, exist_ok=True)
     files = []
     for layer, name in zip(m["layers"], names):
+        if titles is not None and name not in titles:
+            continue
         dest = out / name
         if os.path.lexists(dest):
             if dest.is_file() and not dest.is_symlink() and dest.stat().st_size == layer["size"] \

@@ -93,9 +93,10 @@ def untrack(key: Optional[str]) -> None:
 
 
 @contextlib.contextmanager
-def temp_dir(prefix: str) -> Iterator[Path]:
-    """A temporary folder that is removed when the block ends, and by the next command if this one is killed."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
+def temp_dir(prefix: str, where: Optional[Path] = None) -> Iterator[Path]:
+    """A temporary folder (in `where`, default the system's) that is removed when the block ends, and by the
+    next command if this one is killed."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=where))
     key = track("path", path=str(path), what="temporary folder")
     try:
         yield path

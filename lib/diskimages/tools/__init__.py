@@ -217,6 +217,10 @@ class Tool:
         rendered bootstrap configuration), for incremental rebuilds; None where the tool has no such step."""
         return None
 
+    #: True when the tool's package phase is the package manager's own run of the request that
+    #: `Distribution.resolve` simulates: its image must then hold exactly the resolved versions
+    installs_as_resolved: ClassVar[bool] = False
+
     #: why this tool has no incremental rebuilds (the record says so when they are asked for)
     no_incremental: ClassVar[str] = "the tool makes the whole disk in one step: there is no tree after its package " \
                                     "phase to keep"
@@ -296,6 +300,7 @@ class RootfsTool(Tool):
     """The tool makes a root file system tree; diskimages customises it (unless the tool applies the recipe
     itself) and assembles the bootable disk."""
     produces = "rootfs"
+    no_incremental = "its tree after the package phase is not kept here (only mmdebstrap's is)"
 
     def bootstrap(self, state: BuildState, rootfs: Path) -> None:
         """Make the root tree in `rootfs` (the tool's one step)."""

@@ -40,6 +40,7 @@ class Mmdebstrap(RootfsTool):
     packages = ("mmdebstrap",)
     description = "Debian's multi-mirror debootstrap: root file system, customised and assembled by diskimages"
     package_managers = ("apt",)
+    installs_as_resolved = True
     native = {"packages": "--include=", "desktop": "--include= (the desktop's packages)",
               "lean": "--essential-hook: the rule is in place before the packages install (then customize.sh, "
                       "as every tool)"}
