@@ -19,6 +19,7 @@ PACKAGES="mmdebstrap debian-archive-keyring qemu-system-x86 qemu-utils ovmf
 TOOL_PACKAGES="mkosi debootstrap systemd-container debos parted
   virtinst packer guestfs-tools xorriso oz
   docker-registry skopeo
+  diffoscope-minimal
   chromium"
 if [ "${1:-}" = "--python-only" ]; then
   # libvirt-python has no wheel on PyPI: it compiles against libvirt-dev

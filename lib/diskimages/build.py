@@ -260,6 +260,7 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
             yield
 
     state = new_state(recipe, work, log, mirror, use_cache=use_cache, on_line=bar.line, phase=phase)
+    state.content_key = key
     if incremental:
         state.tree_key = key_info.get("tree_key")
         state.incremental = "no tree key: " + key_info.get("content_key_missing", t.no_incremental) \
@@ -316,6 +317,8 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
         "cluster_size": recipe.output.cluster_size if recipe.output.format == "qcow2" else None,
         "firmware": recipe.disk.firmware, "lean": recipe.lean, "kernel": info.kernel, "root_uuid": info.root_uuid,
         "host_workarounds": state.host_workarounds, **sbom, **key_info, "reused": False,
+        **(state.reproducible or {"reproducible": False,
+                                  "reproducible_why": f"{t.name} makes the whole disk itself"}),
         **({"content_differs": "; ".join(state.content_differs)} if state.content_differs else {}),
         "incremental": state.incremental,
         "image_mtime_ns": final.stat().st_mtime_ns,

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from . import distros, runner
+from . import distros, reproducible, runner
 from .chroot import chroot_run
 from .distros import Distribution
 from .recipe import Recipe
+from .reproducible import Seed
 
 SECTOR = 512
 BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
@@ -53,6 +54,7 @@ class Partition:
     type: str
     start: int = 0   # sectors
     size: int = 0    # sectors
+    uuid: str = ""   # the partition's GUID ("": sfdisk draws one)
 
     @property
     def offset(self) -> int:
@@ -64,15 +66,19 @@ class Layout:
     partitions: list[Partition] = field(default_factory=list)
     root_uuid: str = ""
     esp_id: str = ""
+    disk_id: str = ""   # the GPT disk GUID ("": sfdisk draws one)
 
     def get(self, name: str) -> Optional[Partition]:
         return next((p for p in self.partitions if p.name == name), None)
 
 
-def ensure_initrd(distro: Distribution, rootfs: Path, kver: str, log: Optional[Path] = None) -> None:
-    """Some tools (mkosi's directory output) leave no initrd: generate it inside the image."""
+def ensure_initrd(distro: Distribution, rootfs: Path, kver: str, log: Optional[Path] = None,
+                  seed: Optional[Seed] = None) -> None:
+    """Some tools (mkosi's directory output) leave no initrd: generate it inside the image (reproducibly when
+    seeded: the initramfs tools honour SOURCE_DATE_EPOCH)."""
     if not (rootfs / distro.initrd_file(kver)).exists():
-        chroot_run(rootfs, distro.initrd_command(kver), log=log, env=distro.chroot_env())
+        chroot_run(rootfs, distro.initrd_command(kver), log=log,
+                   env={**distro.chroot_env(), **(seed.env() if seed else {})})
 
 
 def grub_cfg(recipe: Recipe, layout: Layout, kver: str, rootfs: Path, distro: Distribution) -> str:
@@ -97,7 +103,9 @@ menuentry '{title.replace("'", "")}' {{
 """
 
 
-def plan_layout(recipe: Recipe) -> Layout:
+def plan_layout(recipe: Recipe, seed: Optional[Seed] = None) -> Layout:
+    """The partitions the recipe's firmware needs, with identifiers drawn at random, or derived from the
+    build's content key when seeded."""
     fw = recipe.disk.firmware
     parts = []
     if fw in ("bios", "both"):
@@ -105,14 +113,18 @@ def plan_layout(recipe: Recipe) -> Layout:
     if fw in ("uefi", "both"):
         parts.append(Partition("esp", ESP, size=recipe.disk.esp_bytes // SECTOR))
     parts.append(Partition("root", LINUX))
-    return Layout(parts, root_uuid=str(uuid.uuid4()), esp_id=uuid.uuid4().hex[:8].upper())
+    if not seed:
+        return Layout(parts, root_uuid=str(uuid.uuid4()), esp_id=uuid.uuid4().hex[:8].upper())
+    for p in parts:
+        p.uuid = seed.uuid(f"partition/{p.name}")
+    return Layout(parts, root_uuid=seed.uuid("filesystem/root"), esp_id=seed.fat_id(), disk_id=seed.uuid("disk"))
 
 
 def prepare_tree(recipe: Recipe, rootfs: Path, layout: Layout, distro: Distribution,
-                 log: Optional[Path] = None) -> str:
+                 log: Optional[Path] = None, seed: Optional[Seed] = None) -> str:
     """Boot configuration inside the tree: fstab, /etc/default/grub, /boot/grub/grub.cfg and GRUB's modules."""
     kver = distro.kernel_version(rootfs)
-    ensure_initrd(distro, rootfs, kver, log)
+    ensure_initrd(distro, rootfs, kver, log, seed)
     fstab = [f"UUID={layout.root_uuid} / ext4 errors=remount-ro 0 1"]
     if layout.get("esp"):
         (rootfs / "boot/efi").mkdir(parents=True, exist_ok=True)
@@ -198,11 +210,12 @@ def root_partition_offset(raw: Path) -> int:
 def partition(raw: Path, size: int, layout: Layout, log: Optional[Path] = None) -> None:
     with open(raw, "wb") as f:
         f.truncate(size)
-    lines = ["label: gpt"]
+    lines = ["label: gpt"] + ([f"label-id: {layout.disk_id}"] if layout.disk_id else [])
     for i, p in enumerate(layout.partitions):
         start = "start=2048, " if i == 0 else ""
         sz = f"size={p.size}, " if p.size else ""
-        lines.append(f"{start}{sz}type={p.type}, name={p.name}")
+        guid = f", uuid={p.uuid}" if p.uuid else ""
+        lines.append(f"{start}{sz}type={p.type}, name={p.name}{guid}")
     runner.run(["sfdisk", "-q", raw], stdin="\n".join(lines) + "\n", log=log)
     for p, t in zip(layout.partitions, read_partitions(raw)):
         p.start, p.size = int(t["start"]), int(t["size"])
@@ -232,24 +245,40 @@ def embed_grub_bios(raw: Path, core_img: Path, boot_img: Path, part: Partition) 
         f.write(core)
 
 
-def assemble(recipe: Recipe, rootfs: Path, raw: Path, work: Path, log: Optional[Path] = None) -> Layout:
-    """Write a bootable raw disk image of `rootfs` to `raw` (created sparse)."""
+def assemble(recipe: Recipe, rootfs: Path, raw: Path, work: Path, log: Optional[Path] = None,
+             seed: Optional[Seed] = None) -> Layout:
+    """Write a bootable raw disk image of `rootfs` to `raw` (created sparse). `seed`: bit-identical for the same
+    tree and seed (see reproducible.py)."""
     distro, _ = distros.for_recipe(recipe)
-    layout = plan_layout(recipe)
-    prepare_tree(recipe, rootfs, layout, distro, log)
+    layout = plan_layout(recipe, seed)
+    prepare_tree(recipe, rootfs, layout, distro, log, seed)
     images = make_grub_images(recipe, rootfs, layout, work, distro, log)
+    when = seed.env() if seed else {}
+    if seed:
+        done = reproducible.normalize_tree(rootfs, seed.epoch)
+        runner.note(log, f"tree normalised: {done['removed']} volatile files removed, {done['clamped']} file times "
+                         f"clamped to SOURCE_DATE_EPOCH={seed.epoch}")
     partition(raw, recipe.disk.size_bytes, layout, log)
     root = layout.get("root")
-    runner.run(["mkfs.ext4", "-F", "-q", "-L", "rootfs", "-U", layout.root_uuid, "-E", f"offset={root.offset}",
-                "-d", rootfs, raw, f"{root.size * SECTOR // 1024}k"], log=log)
+    ext = f"offset={root.offset}" + (f",hash_seed={seed.uuid('filesystem/root/hash-seed')}" if seed else "")
+    runner.run(["mkfs.ext4", "-F", "-q", "-L", "rootfs", "-U", layout.root_uuid, "-E", ext,
+                "-d", rootfs, raw, f"{root.size * SECTOR // 1024}k"], log=log,
+               env={"E2FSPROGS_FAKE_TIME": str(seed.epoch)} if seed else None)
+    if seed:
+        reproducible.pin_inode_times(f"{raw}?offset={root.offset}", seed.epoch, work, log)
     esp = layout.get("esp")
     if esp:
+        # --invariant: the volume label's time is a constant (mkfs.fat ignores SOURCE_DATE_EPOCH for it)
         runner.run(["mkfs.fat", "-F", "32", "-s", "1", "-n", "ESP", "-i", layout.esp_id, "--offset",
-                    str(esp.start), raw, str(esp.size * SECTOR // 1024)], log=log)
+                    str(esp.start), *(["--invariant"] if seed else []), raw, str(esp.size * SECTOR // 1024)],
+                   log=log, env=when or None)
         target = f"{raw}@@{esp.offset}"
-        env = {"MTOOLS_SKIP_CHECK": "1"}
+        env = {"MTOOLS_SKIP_CHECK": "1", **when}
+        if seed:
+            os.utime(images["uefi"], (seed.epoch, seed.epoch))
         runner.run(["mmd", "-i", target, "::/EFI", "::/EFI/BOOT"], env=env, log=log)
-        runner.run(["mcopy", "-i", target, images["uefi"], f"::/EFI/BOOT/{images['uefi'].name}"], env=env, log=log)
+        runner.run(["mcopy", "-m", "-i", target, images["uefi"], f"::/EFI/BOOT/{images['uefi'].name}"], env=env,
+                   log=log)
     bios = layout.get("bios")
     if bios:
         embed_grub_bios(raw, images["bios"], images["boot"], bios)

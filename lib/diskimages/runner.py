@@ -119,6 +119,13 @@ def run(cmd: Sequence[str], *, log: Optional[Path] = None, on_line: Optional[Cal
     return "\n".join(captured if capture else tail)
 
 
+def note(log: Optional[Path], text: str) -> None:
+    """One line of diskimages' own in a build log (what it did between the commands it ran)."""
+    if log:
+        with open(log, "a") as f:
+            f.write(f"diskimages: {text}\n")
+
+
 def _feed(proc: subprocess.Popen, data: bytes) -> None:
     try:
         proc.stdin.write(data)

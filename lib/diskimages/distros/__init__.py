@@ -191,6 +191,11 @@ class Distribution:
         """[{name, version, architecture}] of the packages installed in a root tree."""
         raise NotImplementedError
 
+    def shipped_files(self, rootfs: Path) -> list[str]:
+        """The regular files the installed packages ship, relative to the tree (their times are the packages'
+        own: the newest is a build's SOURCE_DATE_EPOCH)."""
+        raise NotImplementedError(f"{self.pretty_name}'s package database is not read for shipped files here")
+
     def count_packages_in_db(self, db_text: str) -> int:
         """How many packages are installed, from the text of `package_db` (read from a disk by debugfs)."""
         raise NotImplementedError

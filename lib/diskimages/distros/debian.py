@@ -152,6 +152,12 @@ class Debian(Distribution):
                 rows.append({"name": name, "version": version, "architecture": arch})
         return rows
 
+    def shipped_files(self, rootfs: Path) -> list[str]:
+        files = []
+        for sums in sorted((rootfs / "var/lib/dpkg/info").glob("*.md5sums")):
+            files += [line[34:] for line in sums.read_text(errors="replace").splitlines() if len(line) > 34]
+        return files
+
     def sources_step(self, lines: list[str]) -> str:
         return (write_file("/etc/apt/sources.list", "\n".join(lines)) +
                 "export DEBIAN_FRONTEND=noninteractive\napt-get update -q\n"

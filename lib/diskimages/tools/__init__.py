@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, ContextManager, Iterator, Optional
 
-from .. import checkers, customize, distros, disk, measure, trees
+from .. import checkers, customize, distros, disk, measure, reproducible, trees
 from ..disk import DiskInfo
 from ..distros import Distribution, MirrorChoice, Release
 from ..paths import cache_dir
@@ -77,6 +77,10 @@ class BuildState:
     #: incremental rebuilds: the key of the tree after the package phase (None: off), and what happened to it
     tree_key: Optional[str] = None
     incremental: str = "off"
+    #: the build's content key: what a rootfs tool's disk derives its identifiers and times from (None: random)
+    content_key: Optional[str] = None
+    #: how the disk was made reproducible, or why it was not (for the record)
+    reproducible: dict = field(default_factory=dict)
     #: how this tool's image differs in content from what the recipe gives the others (the comparison says so)
     content_differs: list[str] = field(default_factory=list)
 
@@ -325,10 +329,27 @@ class RootfsTool(Tool):
                 customize.apply(state.recipe, rootfs, log=state.log, on_line=state.on_line)
         rootfs_bytes = measure.tree_bytes(rootfs)
         with state.phase("assemble"):
-            layout = disk.assemble(state.recipe, rootfs, raw, state.work, log=state.log)
+            seed = self.seed(state, rootfs)
+            layout = disk.assemble(state.recipe, rootfs, raw, state.work, log=state.log, seed=seed)
             kernel = state.distro.kernel_version(rootfs)
             shutil.rmtree(rootfs)  # free the space before the compressed copy is written
         return DiskInfo(root_uuid=layout.root_uuid, kernel=kernel, packages=packages, rootfs_bytes=rootfs_bytes)
+
+
+    def seed(self, state: BuildState, rootfs: Path) -> Optional[reproducible.Seed]:
+        """What makes the disk bit-identical for the same content key (None, and the record says why, when
+        there is no key or the distribution's packages give no date)."""
+        if not state.content_key:
+            state.reproducible = {"reproducible": False, "reproducible_why": "no content key for this build"}
+            return None
+        try:
+            epoch, origin = reproducible.source_date_epoch(rootfs, state.distro)
+        except (NotImplementedError, RuntimeError) as e:
+            state.reproducible = {"reproducible": False, "reproducible_why": str(e)}
+            return None
+        seed = reproducible.Seed(state.content_key, epoch, origin)
+        state.reproducible = {"reproducible": True, **seed.as_record()}
+        return seed
 
 
 class DiskTool(Tool):

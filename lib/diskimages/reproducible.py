@@ -1,0 +1,168 @@
+"""Bit-identical rebuilds of an assembled disk: what varies from one build of the same inputs to the next is
+pinned down here, from the build's content key and the packages' own dates.
+
+  * one time, SOURCE_DATE_EPOCH: the environment's when set, else the newest file the installed packages ship
+    (each Debian package's files carry its changelog date), so it depends on the resolved packages only;
+  * every later time in the tree clamped to it: file modification times, /etc/shadow's last-change days;
+  * the files whose content is a time or a random number (logs, ldconfig's aux-cache, machine ids) removed;
+  * file system, partition and disk identifiers derived from the content key (`Seed`);
+  * the ext4 inode change and access times, which mke2fs -d copies from the host's files (E2FSPROGS_FAKE_TIME
+    does not reach them), set afterwards with debugfs on exactly the inodes the bitmap says are in use.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from . import runner
+from .distros import Distribution
+
+#: files whose content is a time, a log or a random number, and which the first boot recreates as needed
+VOLATILE_FILES = ("var/cache/ldconfig/aux-cache", "var/log/dpkg.log", "var/log/apt/history.log",
+                  "var/log/apt/term.log", "var/log/apt/eipp.log.xz", "var/log/alternatives.log",
+                  "var/lib/dbus/machine-id", "var/lib/systemd/random-seed", "etc/shadow-", "etc/gshadow-",
+                  "etc/passwd-", "etc/group-", "etc/subuid-", "etc/subgid-", "var/cache/debconf/config.dat-old",
+                  "var/cache/debconf/templates.dat-old", "var/lib/dpkg/status-old", "var/lib/dpkg/diversions-old")
+_DAY = 86400
+
+
+@dataclass(frozen=True)
+class Seed:
+    """Everything a build would otherwise draw at random or read from the clock, fixed by its inputs."""
+    key: str                  # the content key ("sha256:...")
+    epoch: int                # SOURCE_DATE_EPOCH
+    epoch_from: str           # where the epoch came from (for the record)
+
+    def uuid(self, what: str) -> str:
+        return str(uuid.UUID(bytes=hashlib.sha256(f"{self.key}/{what}".encode()).digest()[:16], version=4))
+
+    def fat_id(self) -> str:
+        return hashlib.sha256(f"{self.key}/esp-id".encode()).hexdigest()[:8].upper()
+
+    def env(self) -> dict[str, str]:
+        return {"SOURCE_DATE_EPOCH": str(self.epoch)}
+
+    def as_record(self) -> dict:
+        return {"source_date_epoch": self.epoch, "source_date_epoch_from": self.epoch_from}
+
+
+def source_date_epoch(rootfs: Path, distro: Distribution) -> tuple[int, str]:
+    """(epoch, where from): the environment's SOURCE_DATE_EPOCH, else the newest modification time of the
+    files the installed packages ship."""
+    given = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if given:
+        if not given.isdigit():
+            raise ValueError(f"environment: SOURCE_DATE_EPOCH={given[:40]!r} is not allowed "
+                             "(allowed: whole seconds since 1970)")
+        return int(given), "environment"
+    newest = 0
+    for rel in distro.shipped_files(rootfs):
+        try:
+            st = os.lstat(rootfs / rel)
+        except OSError:
+            continue
+        newest = max(newest, int(st.st_mtime))
+    if not newest:
+        raise RuntimeError(f"no file shipped by the {distro.pretty_name} packages was found in the tree")
+    return newest, "newest file the packages ship"
+
+
+def normalize_tree(rootfs: Path, epoch: int) -> dict:
+    """Remove the volatile files, clamp /etc/shadow's last-change days and every file time to `epoch`.
+    Returns what it changed (counts, for the log)."""
+    removed = 0
+    for rel in VOLATILE_FILES:
+        p = rootfs / rel
+        if p.is_file() or p.is_symlink():
+            p.unlink()
+            removed += 1
+    mid = rootfs / "etc/machine-id"
+    if mid.is_file() and mid.read_text().strip():
+        mid.write_text("")       # "uninitialized": each machine makes its own at first boot
+    for name in ("etc/shadow",):
+        _clamp_shadow(rootfs / name, epoch // _DAY)
+    clamped = 0
+    for dirpath, dirnames, filenames in os.walk(rootfs):
+        for n in (*dirnames, *filenames):
+            p = os.path.join(dirpath, n)
+            st = os.lstat(p)
+            if st.st_mtime > epoch:
+                t = min(int(st.st_mtime), epoch)
+                os.utime(p, (t, t), follow_symlinks=False)
+                clamped += 1
+    st = os.lstat(rootfs)
+    t = min(int(st.st_mtime), epoch)
+    os.utime(rootfs, (t, t))
+    return {"removed": removed, "clamped": clamped}
+
+
+def _clamp_shadow(path: Path, days: int) -> None:
+    """Field 3 (the day of the last password change) of every entry later than `days` becomes `days`."""
+    if not path.is_file():
+        return
+    lines = []
+    for line in path.read_text().splitlines():
+        f = line.split(":")
+        if len(f) > 2 and f[2].isdigit() and int(f[2]) > days:
+            f[2] = str(days)
+        lines.append(":".join(f))
+    st = path.stat()
+    path.write_text("\n".join(lines) + "\n")
+    os.chmod(path, st.st_mode & 0o7777)
+
+
+def used_inodes(target: str) -> list[int]:
+    """The inode numbers an ext2/3/4 file system's bitmaps mark in use (dumpe2fs; `target` may carry
+    ?offset=)."""
+    out = subprocess.run(["dumpe2fs", target], capture_output=True, text=True, check=True).stdout
+    per_group = int(re.search(r"^Inodes per group:\s*(\d+)", out, re.M).group(1))
+    free = re.findall(r"^Group (\d+):.*?^\s+Free inodes: ?([0-9, -]*)$", out, re.M | re.S)
+    used = []
+    for group, ranges in free:
+        first = int(group) * per_group + 1
+        taken = set(range(first, first + per_group))
+        for r in filter(None, (x.strip() for x in ranges.split(","))):
+            a, _, b = r.partition("-")
+            taken -= set(range(int(a), int(b or a) + 1))
+        used += sorted(taken)
+    return used
+
+
+def pin_inode_times(target: str, epoch: int, work: Path, log: Optional[Path] = None) -> int:
+    """Set the change and access times of every inode in use to `epoch`: mke2fs -d copies them from the host's
+    files, where no one can set a change time, and its own reading of a folder moves that folder's access time.
+    Returns how many inodes it set."""
+    inodes = used_inodes(target)
+    cmds = work / "pin-ctimes.debugfs"
+    cmds.write_text("".join(f"sif <{i}> ctime @{epoch}\nsif <{i}> atime @{epoch}\n" for i in inodes))
+    try:
+        # not through the build log: debugfs echoes every one of its (tens of thousands of) commands
+        r = subprocess.run(["debugfs", "-w", "-f", str(cmds), target], capture_output=True, text=True,
+                           env={**os.environ, "E2FSPROGS_FAKE_TIME": str(epoch)})   # the superblock's write time
+    finally:
+        cmds.unlink(missing_ok=True)
+    bad = [line for line in (r.stdout + r.stderr).splitlines()
+           if line.strip() and not line.startswith(("debugfs ", "debugfs:"))]
+    if r.returncode != 0 or bad:
+        raise RuntimeError(f"debugfs could not pin the inode change times: {(bad or [r.stderr])[0][:200]}")
+    runner.note(log, f"change and access times of {len(inodes)} inodes set to {epoch}")
+    return len(inodes)
+
+
+def explain_difference(a: Path, b: Path, lines: int = 40, timeout: float = 300) -> str:
+    """The first `lines` of diffoscope's report on two trees or disks (why two builds differ)."""
+    try:
+        r = subprocess.run(["diffoscope", "--no-progress", "--text", "-", "--max-report-size", "200000",
+                            str(a), str(b)], capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        return "diffoscope is not installed (scripts/setup.sh installs diffoscope-minimal)"
+    except subprocess.TimeoutExpired as e:
+        return "\n".join(((e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes)
+                          else (e.stdout or "")).splitlines()[:lines]) + f"\n(diffoscope stopped after {timeout} s)"
+    return "\n".join(r.stdout.splitlines()[:lines]) or (r.stderr.strip()[:500] or "diffoscope found no difference")
