@@ -135,6 +135,29 @@ def test_a_second_build_with_the_same_content_key_is_skipped(minimal_build):
         os.utime(minimal_build.image, ns=(os_touch.st_atime_ns, os_touch.st_mtime_ns))
 
 
+def test_two_builds_of_the_same_recipe_are_bit_identical(minimal_build, tmp_path):
+    """The same recipe and resolved packages built again from the same cache: the same sha256 for the qcow2 and
+    for the raw disk inside it; its identifiers come from the content key and its times from the packages. When
+    they differ, the failure is diffoscope's account of why."""
+    from diskimages.build import build
+    from diskimages.inspect import why_images_differ
+    rec = minimal_build.record
+    assert rec["reproducible"] is True and rec["source_date_epoch_from"] == "newest file the packages ship"
+    again = build("debian-12-minimal", "mmdebstrap", tmp_path, progress=False, rebuild=True)
+    assert again.record["content_key"] == rec["content_key"] and again.record["reused"] is False
+    if again.record["sha256"] != rec["sha256"]:
+        pytest.fail("two builds differ: " + why_images_differ(minimal_build.image, again.image), pytrace=False)
+    raws = []
+    for image in (minimal_build.image, again.image):
+        raw = tmp_path / f"{len(raws)}.raw"
+        subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)], check=True)
+        raws.append(measure.sha256_file(raw))
+        raw.unlink()
+    assert raws[0] == raws[1]
+    assert again.record["root_uuid"] == rec["root_uuid"] and again.record["source_date_epoch"] == \
+        rec["source_date_epoch"] < again.record["image_mtime_ns"] // 10**9
+
+
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
@@ -273,3 +296,60 @@ def test_a_package_that_moved_since_resolving_fails_the_build_naming_it(tmp_path
         assert not list(tmp_path.glob("*.qcow2")) and not list(tmp_path.glob(".*"))
     finally:
         answer.write_text(saved)
+
+
+def _copy_published(minimal_build, dest, **record_changes):
+    """The image, its record (with `record_changes`) and its manifest, as a user would have downloaded them."""
+    import shutil
+    dest.mkdir()
+    image = dest / minimal_build.image.name
+    shutil.copy(minimal_build.image, image)
+    rec = {**json.loads(minimal_build.record_path.read_text()), **record_changes}
+    (dest / minimal_build.record_path.name).write_text(json.dumps(rec))
+    spdx = minimal_build.image.with_name(minimal_build.record["manifest"])
+    shutil.copy(spdx, dest / spdx.name)
+    return image, dest / spdx.name
+
+
+def test_verify_rebuilds_a_published_image_and_finds_the_same_digest(minimal_build, tmp_path, monkeypatch):
+    """`verify HOST/REPO:TAG`: pulled, rebuilt from its recipe with its manifest's packages, the same sha256."""
+    from diskimages import publish
+    from diskimages.cli import main as cli_main
+    from diskimages.localregistry import LocalRegistry
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
+    with LocalRegistry(tmp_path / "storage") as reg:
+        ref = f"{reg.host}/verify/minimal:v1"
+        publish.push(minimal_build.image, ref, progress=False)
+        assert cli_main(["verify", "-q", ref, "--work-dir", str(tmp_path)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["storage"]            # the rebuild left nothing
+
+
+def test_verify_says_exactly_why_an_image_cannot_be_verified(minimal_build, tmp_path, capsys):
+    """No rebuild when the answer is known: packages gone from the mirror are named with both versions, another
+    recipe is named, an image that is not its record's is caught, and a hostile record names its field."""
+    from diskimages.cli import main as cli_main
+    from diskimages.verify import verify
+    image, spdx = _copy_published(minimal_build, tmp_path / "moved", content_key="sha256:" + "1" * 64)
+    doc = json.loads(spdx.read_text())
+    bash = next(p for p in doc["packages"] if p.get("name") == "bash")
+    now = bash["versionInfo"]
+    bash["versionInfo"] = "4.0-1"
+    spdx.write_text(json.dumps(doc))
+    v = verify(image, progress=False)
+    assert v.outcome == "cannot verify" and v.exit_code == 3
+    assert "the mirror no longer has the image's exact packages: 1 gone" in v.reason
+    assert f"bash 4.0-1 (the mirror now has {now})" in v.reason
+
+    image, _ = _copy_published(minimal_build, tmp_path / "recipe", recipe_digest="sha256:" + "2" * 64)
+    v = verify(image, progress=False)
+    assert v.outcome == "cannot verify" and "debian-12-minimal.yaml is not the recipe the image was built from" \
+        in v.reason
+
+    image, _ = _copy_published(minimal_build, tmp_path / "other", sha256="sha256:" + "3" * 64)
+    v = verify(image, progress=False)
+    assert v.outcome == "differs" and v.exit_code == 1 and "not the image its record describes" in v.reason
+
+    image, _ = _copy_published(minimal_build, tmp_path / "hostile", tool="../../bin/sh")
+    assert cli_main(["verify", str(image)]) == 2
+    err = capsys.readouterr().err
+    assert "field tool is '../../bin/sh'" in err and "Traceback" not in err and len(err.splitlines()) == 1

@@ -223,6 +223,7 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
     content key is pulled (verified) instead of built; its record says `reused_from`. `incremental`: the tree
     after the package phase is kept, and restored when only other things changed (see trees.py)."""
     import time
+    from . import __version__
     t_start = time.monotonic()
     recipe, t = prepare(recipe, tool, compression)
     if os.geteuid() != 0:
@@ -303,6 +304,7 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
         "distro": recipe.distro, "release": recipe.release, "release_version": state.release.version,
         "architecture": recipe.architecture,
         "desktop": recipe.desktop, "tool": t.name, "tool_version": t.version(), "tool_label": t.label(),
+        "diskimages_version": __version__,
         "assembly": disk.ASSEMBLY_METHOD if t.produces == "rootfs" else t.name,
         "mirror_origin": state.mirror.origin, "cache": state.cache,
         "host": {"kernel": platform.release(), "machine": platform.machine(), "cpus": os.cpu_count()},

@@ -140,6 +140,17 @@ def _boot(image: Path, record: dict | None, args, build_result=None) -> int:
     return 0
 
 
+def _cmd_verify(args) -> int:
+    from .verify import verify
+    v = verify(args.image, mirror=args.mirror, progress=not args.quiet,
+               work_dir=Path(args.work_dir) if args.work_dir else None)
+    print(v.table().to_string(index=False))
+    print(f"{v.outcome}: {v.reason}")
+    for line in v.details[:40]:
+        print(f"  {line}")
+    return v.exit_code
+
+
 def _cmd_vms(args) -> int:
     import pandas as pd
     from .vm import list_vms
@@ -356,6 +367,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     _add_boot_opts(p)
     p.set_defaults(func=_cmd_build)
+    p = sub.add_parser("verify", help="rebuild an image (file or HOST/REPO:TAG) from its recipe and the exact "
+                                      "packages of its manifest: exit 0 when the sha256 is the same, 1 when it "
+                                      "differs (with diffoscope's account), 3 when it cannot be verified here "
+                                      "(the reason names the recipe, tool or packages that moved)")
+    p.add_argument("image", metavar="IMAGE_OR_REF")
+    p.add_argument("--mirror", help="package mirror URL (a snapshot of the archive from the build's day verifies "
+                                    "an image whose packages have since moved)")
+    p.add_argument("--work-dir", help="where the rebuild happens (default: the system's temporary folder)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_verify)
     p = sub.add_parser("boot", help="boot-check an image: exit 0 when it reached its login prompt/desktop")
     p.add_argument("image")
     _add_boot_opts(p)
