@@ -132,3 +132,17 @@ def test_two_trees_that_differ_are_explained_by_diffoscope(tmp_path):
     assert "etc/hostname" in report and "-one" in report and "+two" in report
     assert "etc/same" not in report
     assert len(report.splitlines()) <= 30
+
+
+def test_a_password_from_the_environment_gives_no_content_key(monkeypatch):
+    """The key is a public annotation and holds no password: an image whose password came from the environment
+    is never reused by key (another password would get the same key), and the reason names the field."""
+    from diskimages.build import content_key
+    from diskimages.tools import get_tool
+    monkeypatch.setenv("DISKIMAGES_TEST_PASSWORD", "pw")
+    recipe = load_checked(Path(__file__).parent / "recipes" / "debian-13-small.yaml")
+    key, info = content_key(recipe, get_tool("mmdebstrap"))
+    assert key is None and "content_key" not in info
+    import re
+    assert re.match(r"users\.1\.password_env: a password from the environment", info["content_key_missing"])
+    assert info["tree_key"].startswith("sha256:")              # the package phase is still kept and reused

@@ -193,6 +193,14 @@ def content_key(recipe: Recipe, tool: Tool, mirror: Optional[str] = None) -> tup
         info["tree_key"] = "sha256:" + hashlib.sha256(json.dumps(
             {"tool": tool.name, "tool_version": data["tool_version"], "tree": tree, "packages": resolved,
              "diskimages": __version__}, sort_keys=True).encode()).hexdigest()
+    secret = next((i for i, u in enumerate(recipe.users) if u.password_env), None)
+    if secret is not None:
+        # the password is not in the key (a public annotation): the same key would name images with other
+        # passwords, so such an image is never reused, and its password hash has a random salt
+        del info["content_key"]
+        info["content_key_missing"] = (f"users.{secret}.password_env: a password from the environment is not part "
+                                       "of the key (built every time, never reused, not bit-identical)")
+        return None, info
     return key, info
 
 
@@ -262,6 +270,9 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
 
     state = new_state(recipe, work, log, mirror, use_cache=use_cache, on_line=bar.line, phase=phase)
     state.content_key = key
+    if key is None:
+        state.reproducible = {"reproducible": False, "reproducible_why": "no content key: " +
+                              key_info.get("content_key_missing", "")}
     if incremental:
         state.tree_key = key_info.get("tree_key")
         state.incremental = "no tree key: " + key_info.get("content_key_missing", t.no_incremental) \

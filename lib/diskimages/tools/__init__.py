@@ -340,7 +340,8 @@ class RootfsTool(Tool):
         """What makes the disk bit-identical for the same content key (None, and the record says why, when
         there is no key or the distribution's packages give no date)."""
         if not state.content_key:
-            state.reproducible = {"reproducible": False, "reproducible_why": "no content key for this build"}
+            state.reproducible = state.reproducible or {"reproducible": False,
+                                                        "reproducible_why": "no content key for this build"}
             return None
         try:
             epoch, origin = reproducible.source_date_epoch(rootfs, state.distro)
