@@ -59,3 +59,51 @@ def test_compare_page_shows_tables_plots_and_screenshots_in_chromium(site, tmp_p
 def test_publish_page_was_executed_against_the_embedded_registry(site):
     text = (site.parent / "publish.html").read_text()
     assert "tiny.qcow2" in text and "sha256:" in text
+
+
+def test_landing_page_opens_with_the_headline_comparison(site):
+    """Fastest and smallest tool per recipe from the records, the fastest tool's desktop screenshot, and the
+    date and host of the records, before anything else on the page."""
+    dom = _chromium("--dump-dom", site.as_uri()).stdout
+    head = dom[dom.index("id=\"headline\""):dom.index("</section>")]
+    assert dom.index('id="headline"') < dom.index('id="pages"')
+    assert "<b>mkosi</b> 115.8 s (next: mmdebstrap, 1.09× as long)" in head       # tests/data/records
+    assert "<b>mkosi</b> 557 MiB" in head
+    assert 'src="data:image/png;base64,' in head and "debian-12-xfce built by mkosi" in head
+    assert "Records of 2026-11-25 on 2 CPUs, x86_64, Linux" in head
+
+
+# counts the tables whose right edge is past the window with no scrolling box around them (cut off)
+_CLIPPED = """<script>window.addEventListener('load', () => {
+  const cut = [...document.querySelectorAll('table')].filter(t => {
+    if (t.getBoundingClientRect().right <= window.innerWidth) return false;
+    for (let e = t.parentElement; e; e = e.parentElement)
+      if (['auto', 'scroll'].includes(getComputedStyle(e).overflowX) && e.clientWidth <= window.innerWidth) return false;
+    return true;
+  });
+  document.body.setAttribute('data-clipped', cut.length);
+  document.body.setAttribute('data-tables', document.querySelectorAll('table').length);
+  document.body.setAttribute('data-wide', [...document.querySelectorAll('table')].filter(
+    t => t.getBoundingClientRect().width > window.innerWidth).length);
+});</script>"""
+
+
+def test_wide_tables_scroll_inside_the_page_instead_of_being_cut(site, tmp_path):
+    for page in ("compare", "build"):
+        probe = tmp_path / f"{page}.html"
+        probe.write_text((site.parent / f"{page}.html").read_text().replace("</body>", _CLIPPED + "</body>"))
+        dom = _chromium("--window-size=800,2000", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()).stdout
+        tables = int(re.search(r'data-tables="(\d+)"', dom).group(1))
+        assert re.search(r'data-clipped="(\d+)"', dom).group(1) == "0", page
+        assert page == "build" or tables >= 3
+        if page == "compare":          # the measurement table is wider than the window: it scrolls, it is not cut
+            assert int(re.search(r'data-wide="(\d+)"', dom).group(1)) >= 1
+
+
+def test_make_docs_without_records_says_so_and_exits_2(tmp_path, capsys):
+    from diskimages.cli import main
+    (tmp_path / "empty").mkdir()
+    assert main(["docs", "--results", str(tmp_path / "empty"), "--output", str(tmp_path / "site")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'empty'}: no build records" in err and "no site was written" in err
+    assert not (tmp_path / "site").exists()

@@ -33,6 +33,56 @@ def _html(nb_path: Path, out: Path) -> None:
     out.write_text(body)
 
 
+def _records(results: Path):
+    """The build records the site is made from; none is an error that names the folder (a site of empty
+    tables would look like a result)."""
+    from . import compare
+    df = compare.load(results) if results.is_dir() else None
+    if df is None or df.empty:
+        raise ValueError(f"{results}: no build records (allowed: a folder of NAME.TOOL.json records, as "
+                         "compare.ipynb or bench/compare.py write them); no site was written")
+    return df
+
+
+def headline(df, results: Path) -> str:
+    """The landing page's opening: per recipe, the fastest and the smallest tool (with the ratio to the next),
+    the fastest tool's desktop screenshot, and when and on what host the records were made."""
+    import base64
+    import json
+    built = df[df["status"] == "built"]
+    rows, shots = [], []
+    for recipe in dict.fromkeys(built["recipe"]):
+        sub = built[built["recipe"] == recipe].sort_values("total_wall_s")
+        fast = sub.iloc[0]
+        nxt = f" (next: {html.escape(sub.iloc[1]['tool'])}, {sub.iloc[1]['total_wall_s'] / fast['total_wall_s']:.2f}× " \
+            "as long)" if len(sub) > 1 else ""
+        small = sub.sort_values("file_bytes").iloc[0]
+        rows.append(f"<tr><td><code>{html.escape(recipe)}</code></td><td><b>{html.escape(fast['tool'])}</b> "
+                    f"{fast['total_wall_s']:.1f} s{nxt}</td><td><b>{html.escape(small['tool'])}</b> "
+                    f"{small['file_bytes'] / 2**20:.0f} MiB</td><td>{len(sub)}</td></tr>")
+        stem = str(fast["image"]).rsplit(".", 1)[0]
+        png = sorted(results.glob(f"{stem}.*.png"))
+        if png:
+            b64 = base64.b64encode(png[-1].read_bytes()).decode()
+            shots.append(f"<figure><img width='480' alt='{html.escape(stem)} desktop' "
+                         f"src='data:image/png;base64,{b64}'/><figcaption>{html.escape(recipe)} built by "
+                         f"{html.escape(fast['tool'])}, as the boot check saw it</figcaption></figure>")
+    started = sorted(str(x)[:10] for x in built.get("started", []) if isinstance(x, str))
+    hosts = set()
+    for f in sorted(results.glob("*.json")):
+        try:
+            h = json.loads(f.read_text()).get("host") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(h, dict):
+            hosts.add(f"{h.get('cpus')} CPUs, {h.get('machine')}, Linux {h.get('kernel')}")
+    when = f"{started[0]} to {started[-1]}" if started and started[0] != started[-1] else (started or ["?"])[0]
+    return (f"<section id='headline'><h2>Measured</h2><table><tr><th>recipe</th><th>fastest build</th>"
+            f"<th>smallest image</th><th>tools</th></tr>{''.join(rows)}</table>{''.join(shots)}"
+            f"<p><small>Records of {html.escape(when)} on {html.escape('; '.join(sorted(hosts)) or 'an unknown host')}"
+            "</small></p></section>")
+
+
 def _execute(name: str, dest: Path, params: dict, cwd: Path) -> Path:
     import papermill as pm
     pm.execute_notebook(str(notebooks_dir() / f"{name}.ipynb"), str(dest), parameters=params, cwd=str(cwd),
@@ -46,6 +96,7 @@ def build_site(out: Path | str, results: Path | str, *, build_recipe: Optional[s
     import os
 
     out, results = Path(out).resolve(), Path(results).resolve()
+    records = _records(results)
     out.mkdir(parents=True, exist_ok=True)
     status = {}
     with reaper.temp_dir("diskimages-docs-") as work:
@@ -82,11 +133,11 @@ def build_site(out: Path | str, results: Path | str, *, build_recipe: Optional[s
             _html(nb, out / f"{name}.html")
             shutil.copy(nb, out / f"{name}.ipynb")
         index = out / "index.html"
-        index.write_text(_landing(status))
+        index.write_text(_landing(status, headline(records, results)))
         return index
 
 
-def _landing(status: dict) -> str:
+def _landing(status: dict, measured: str = "") -> str:
     from . import load_recipe
     from .recipe import list_recipe_names
     from .tools import tool_table
@@ -98,12 +149,14 @@ def _landing(status: dict) -> str:
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>disk-images cookbook</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}}
+figure{{display:inline-block;margin:4px}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .5em}}</style></head>
 <body>
 <h1>disk-images cookbook</h1>
 <p>Ready-to-use <em>desktop</em> Linux disk images (qcow2) from one declarative recipe, built with any of the
 well-known image tools, boot-tested, measured side by side, and published as OCI artifacts to container
 registries, from which anyone can pull them or get a plain download URL.</p>
+{measured}
 <h2>The notebooks</h2><ul id="pages">{items}</ul>
 <h2>Recipes</h2><ul>{recipes}</ul>
 <h2>Build tools</h2>{tools}
