@@ -74,6 +74,10 @@ def test_gitlab_child_pipeline_has_a_job_per_pair_and_the_comparison():
     builds = {n: j for n, j in child.items() if n.startswith("build ")}
     assert {(j["variables"]["RECIPE"], j["variables"]["TOOL"]) for j in builds.values()} == pairs
     assert {n["job"] for n in child["compare"]["needs"]} == set(builds)
+    for job in builds.values():       # each build pulls what the project already published, and keeps its packages
+        assert "-p reuse_from $CI_REGISTRY_IMAGE/$RECIPE" in " ".join(job["script"])
+        assert job["cache"]["paths"] == [".diskimages-cache/packages/"]
+        assert job["variables"]["DISKIMAGES_CACHE"] == "$CI_PROJECT_DIR/.diskimages-cache"
     for job in [*builds.values(), child["compare"], parent["plan"]]:
         _check_commands("\n".join(job["script"]))
 

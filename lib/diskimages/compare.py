@@ -76,12 +76,18 @@ def gitlab_pipeline(recipes=None, tools=None) -> str:
         names.append(name)
         jobs[name] = {
             "stage": "build", "image": "debian:bookworm", "timeout": "90m",
-            "variables": {"RECIPE": r, "TOOL": t},
+            # the image's packages kept between pipelines: a warm build downloads only what changed
+            "variables": {"RECIPE": r, "TOOL": t, "DISKIMAGES_CACHE": "$CI_PROJECT_DIR/.diskimages-cache"},
+            "cache": {"key": f"packages-{r}-{t}", "paths": [".diskimages-cache/packages/"]},
             "script": [
                 "./scripts/setup.sh",
                 "mkdir -p build/notebooks",
+                # an image this project already published with the same content key is pulled, not built again;
+                # the job's registry credentials go to the project's registry only
+                "DISKIMAGES_REGISTRY=$CI_REGISTRY DISKIMAGES_REGISTRY_AUTH_HOSTS=$CI_SERVER_HOST "
+                "DISKIMAGES_REGISTRY_USER=$CI_REGISTRY_USER DISKIMAGES_REGISTRY_PASSWORD=$CI_REGISTRY_PASSWORD "
                 ".venv/bin/papermill notebooks/build.ipynb build/notebooks/$RECIPE.$TOOL.ipynb "
-                "-p recipe $RECIPE -p tool $TOOL -p output_dir build",
+                "-p recipe $RECIPE -p tool $TOOL -p output_dir build -p reuse_from $CI_REGISTRY_IMAGE/$RECIPE",
                 # the credentials go to the project's registry and to GitLab's token service only
                 "DISKIMAGES_REGISTRY=$CI_REGISTRY DISKIMAGES_REGISTRY_AUTH_HOSTS=$CI_SERVER_HOST "
                 "DISKIMAGES_REGISTRY_USER=$CI_REGISTRY_USER DISKIMAGES_REGISTRY_PASSWORD=$CI_REGISTRY_PASSWORD "
