@@ -66,7 +66,10 @@ def run_in_root(root: Path, script: str, *, cwd: str, env: dict, log: Path, user
     base = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": home, "LANG": "C.UTF-8"}
     envs = " ".join(shlex.quote(f"{k}={v}") for k, v in {**base, **env}.items())
     r = shlex.quote(str(root))
-    inner = (f"mount -t proc proc {r}/proc && mount --rbind /dev {r}/dev && mount --rbind /sys {r}/sys && "
+    # the root is a mount point, as a runner's / is (mount namespaces made inside need one)
+    inner = (f"mount --bind {r} {r} && mount -t proc proc {r}/proc && mount --rbind /dev {r}/dev && "
+             f"mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts {r}/dev/pts && "
+             f"mount --bind {r}/dev/pts/ptmx {r}/dev/ptmx && mount --rbind /sys {r}/sys && "
              f"cp /etc/resolv.conf {r}/etc/resolv.conf && "
              f"exec chroot --userspec={user}:{user} {r} env -i {envs} "
              f"sh -c 'cd {shlex.quote(cwd)} && exec bash --noprofile --norc -eo pipefail /tmp/step.sh'")
@@ -105,6 +108,11 @@ class Expressions:
             raise KeyError(f"the runner stand-in does not know ${{{{ {expr} }}}}")
         return str(self.values[expr])
 
+    def condition(self, cond: str) -> bool:
+        """A step's `if:` (always(), or a comparison)."""
+        cond = re.sub(r"^\$\{\{\s*(.*?)\s*\}\}$", r"\1", cond.strip())
+        return cond in ("always()", "success()") or self._true(cond)
+
     def _true(self, cond: str) -> bool:
         m = re.fullmatch(r"(\S+)\s*(==|!=)\s*'([^']*)'", cond.strip())
         if not m:
@@ -137,20 +145,80 @@ def step_outputs(root: Path) -> dict:
 
 
 def run_github_job(job: dict, root: Path, workspace: str, expressions: Expressions, log: Path,
-                   uses: dict) -> dict:
+                   uses: dict, rewrite=lambda text: text) -> dict:
     """Every step of `job` in order: `run:` steps in the root with the job's and the step's environment, `uses:`
-    steps by the handler `uses` names for the action (an action without one fails the test). Returns the
-    outputs the steps wrote."""
-    env_job = {k: expressions(str(v)) for k, v in (job.get("env") or {}).items()}
-    base = github_env(workspace, root)
+    steps by the handler `uses` names for the action (an action without one fails the test), steps whose `if:`
+    is false skipped. `rewrite` is applied to each command and variable (a stand-in's address for a service's).
+    Returns the outputs the steps wrote."""
+    def ex(text):
+        return rewrite(expressions(str(text)))
+
+    env_job = {k: ex(v) for k, v in (job.get("env") or {}).items()}
+    base = github_env(workspace, root, expressions.values.get("github.event_name", "push"))
     for step in job["steps"]:
+        if "if" in step and not expressions.condition(str(step["if"])):
+            continue
         if "uses" in step:
             action = step["uses"].split("@")[0]
             assert action in uses, f"the runner stand-in has no {action}"
-            uses[action]({k: expressions(str(v)) for k, v in (step.get("with") or {}).items()})
+            uses[action]({k: ex(v) for k, v in (step.get("with") or {}).items()})
             continue
-        env = {**base, **env_job, **{k: expressions(str(v)) for k, v in (step.get("env") or {}).items()}}
-        status = run_in_root(root, expressions(step["run"]), cwd=workspace, env=env, log=log)
+        env = {**base, **env_job, **{k: ex(v) for k, v in (step.get("env") or {}).items()}}
+        status = run_in_root(root, ex(step["run"]), cwd=workspace, env=env, log=log)
         assert status == 0, f"step {step.get('name', step['run'][:60])!r} exited {status}: see {log}"
     return step_outputs(root)
 
+
+
+class Artifacts:
+    """upload-artifact and download-artifact between the jobs: files copied out of one job's workspace, merged
+    into another's."""
+
+    def __init__(self, store: Path):
+        self.store = store
+
+    def upload(self, root: Path, workspace: str, w: dict) -> None:
+        """Files kept relative to their least common ancestor folder, as upload-artifact stores them."""
+        import glob
+        base = root / workspace.lstrip("/")
+        matched = [Path(f) for pattern in filter(None, (p.strip() for p in w["path"].splitlines()))
+                   for f in glob.glob(str(base / pattern))]
+        files = [f for m in matched for f in ([m] if m.is_file() else [x for x in m.rglob("*") if x.is_file()])]
+        assert files, f"upload-artifact {w['name']}: no file matches {w['path']!r}"
+        top = Path(os.path.commonpath([f.parent for f in files]))
+        for f in files:
+            target = self.store / w["name"] / f.relative_to(top)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, target)
+
+    def download(self, root: Path, workspace: str, w: dict, uid: int = RUNNER_UID) -> None:
+        import fnmatch
+        dest = root / workspace.lstrip("/") / w["path"]
+        dest.mkdir(parents=True, exist_ok=True)
+        for art in sorted(self.store.iterdir()):
+            if fnmatch.fnmatch(art.name, w.get("pattern", "*")):
+                shutil.copytree(art, dest, dirs_exist_ok=True)      # merge-multiple
+        subprocess.run(["chown", "-R", f"{uid}:{uid}", str(dest)], check=True)
+
+
+def links() -> set[str]:
+    """The host's network interfaces (the stand-in shares the host's network)."""
+    return set(os.listdir("/sys/class/net"))
+
+
+def reap_root(root: Path, links_before: set[str]) -> list[str]:
+    """End every process still running inside the root (daemons a job started and its failure left) and remove
+    the network interfaces they made on the shared network; returns what it ended or removed."""
+    import signal
+    done = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/root") == str(root):
+                os.kill(int(pid), signal.SIGKILL)
+                done.append(f"process {pid}")
+        except OSError:
+            continue
+    for link in links() - links_before:
+        subprocess.run(["ip", "link", "del", link], capture_output=True)
+        done.append(f"interface {link}")
+    return done

@@ -1,9 +1,10 @@
 """The CI pipelines run on a fresh runner: an Ubuntu 24.04 root (GitHub's `ubuntu-24.04` runner) and a Debian 12
 root (the `debian:bookworm` image GitLab's jobs name), made by mmdebstrap from the mirror, the repository copied
-in, and the workflow's own steps executed in order with the variables the CI service sets: GitHub's planning job
-and its comparing job over build artifacts, GitLab's plan job and the comparing job of the child pipeline it
-generates. (The build jobs themselves are proven by the build tests on this host; here they would repeat the
-same build inside the root.)"""
+in, and the workflow's own steps executed in order with the variables the CI service sets: GitHub's planning job,
+one build job of its matrix with the boot check and the push (to an embedded registry standing in for ghcr.io),
+and the comparing job over that build job's artifacts; GitLab's plan job and the comparing job of the child
+pipeline it generates."""
+import contextlib
 import json
 import shutil
 import subprocess
@@ -12,8 +13,8 @@ import time
 import pytest
 import yaml
 
-from runner_support import (REPO_DIR, RUNNER_UID, Expressions, checkout, make_root, run_github_job,
-                            run_in_root)
+from runner_support import (REPO_DIR, RUNNER_UID, Artifacts, Expressions, checkout, links, make_root, reap_root,
+                            run_github_job, run_in_root)
 
 pytestmark = pytest.mark.build          # root, mmdebstrap, the mirror and PyPI; minutes, not seconds
 
@@ -34,44 +35,67 @@ def _say(log, what, t0):
         f.write(f"\n### {what}: {time.monotonic() - t0:.0f} s\n")
 
 
-def test_github_workflow_plans_and_compares_on_a_fresh_ubuntu_runner(tmp_path):
+def test_github_workflow_plans_builds_pushes_and_compares_on_a_fresh_ubuntu_runner(tmp_path, monkeypatch):
+    """The planning job for real; one build job of its matrix (debian-13-minimal with mmdebstrap: the full
+    set-up, the build and the boot check, TCG here) with its push to an embedded registry standing in for
+    ghcr.io; the comparing job over that build job's uploaded artifacts."""
+    from diskimages import measure
+    from diskimages.localregistry import LocalRegistry
+    from diskimages.registry import Ref, RegistryClient
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
     log = tmp_path / "runner.log"
     t0 = time.monotonic()
     root = make_root(tmp_path / "root", "ubuntu-24.04-xubuntu", log)
     _say(log, "root made", t0)
-    wf = yaml.safe_load(WORKFLOW.read_text())
-    jobs = wf["jobs"]
-    ws = "/home/runner/work/disk-images/disk-images"
+    jobs = yaml.safe_load(WORKFLOW.read_text())["jobs"]
     values = {"github.event_name": "push", "github.ref": "refs/heads/main", "github.actor": "example",
-              "github.repository_owner": "Example-Owner", "github.run_number": "1", "github.workspace": ws}
-    uploaded = {}
-    uses = {"actions/checkout": lambda w: checkout(root, ws),
-            "actions/upload-artifact": lambda w: uploaded.update({w["name"]: w["path"]})}
-    out = run_github_job(jobs["matrix"], root, ws, Expressions(values), log, uses)
+              "github.repository_owner": "Example-Owner", "github.run_number": "7"}
+    artifacts = Artifacts(tmp_path / "artifacts")
+
+    def uses(ws):
+        return {"actions/checkout": lambda w: checkout(root, ws),
+                "actions/cache": lambda w: None,                      # a first run: nothing to restore
+                "actions/upload-artifact": lambda w: artifacts.upload(root, ws, w),
+                "actions/download-artifact": lambda w: artifacts.download(root, ws, w)}
+
+    ws = "/home/runner/work/plan/disk-images"
+    out = run_github_job(jobs["matrix"], root, ws, Expressions({**values, "github.workspace": ws}), log, uses(ws))
     _say(log, "planning job", t0)
-    matrix = json.loads(out["matrix"])
-    pairs = {(j["recipe"], j["tool"]) for j in matrix["include"]}
+    pairs = {(j["recipe"], j["tool"]) for j in json.loads(out["matrix"])["include"]}
     tools = {t for _, t in pairs}
     assert ("debian-13-minimal", "mmdebstrap") in pairs, sorted(pairs)
     assert "packer" not in tools                   # not in Ubuntu's archive: its jobs could never pass
     assert not [r for r, _ in pairs if r.endswith("cloud-base")]      # helper recipes are built for the VM tools
-    assert (root / ws.lstrip("/") / ".venv/bin/python").is_file()
 
-    # the comparing job: a fresh checkout, the build jobs' artifacts, the executed comparison uploaded
-    ws2 = "/home/runner/work/compare/disk-images"
-    uses = {"actions/checkout": lambda w: checkout(root, ws2),
-            "actions/download-artifact": lambda w: _records_as_artifacts(root / ws2.lstrip("/") / w["path"]),
-            "actions/upload-artifact": lambda w: uploaded.update({w["name"]: w["path"]})}
-    run_github_job(jobs["compare"], root, ws2, Expressions(values), log, uses)
+    before = links()
+    with LocalRegistry(tmp_path / "registry") as reg, contextlib.ExitStack() as stack:
+        stack.callback(reap_root, root, before)
+        ws = "/home/runner/work/build/disk-images"
+        ex = Expressions({**values, "github.workspace": ws, "matrix.recipe": "debian-13-minimal",
+                          "matrix.tool": "mmdebstrap"})
+        run_github_job(jobs["build"], root, ws, ex, log, uses(ws), rewrite=lambda t: t.replace("ghcr.io", reg.host))
+        _say(log, "build job", t0)
+        built = json.loads((artifacts.store / "results-debian-13-minimal.mmdebstrap" /
+                            "debian-13-minimal.mmdebstrap.json").read_text())
+        assert built["boot"]["passed"] is True, built["boot"]["reason"]
+        assert (artifacts.store / "results-debian-13-minimal.mmdebstrap" / "notebooks" /
+                "debian-13-minimal.mmdebstrap.ipynb").is_file()
+        pushed = RegistryClient(reg.host).list_tags(Ref.parse(f"{reg.host}/example-owner/debian-13-minimal:x"))
+        assert {"mmdebstrap", "mmdebstrap-7"} <= set(pushed), pushed
+        image = root / ws.lstrip("/") / "build/debian-13-minimal.mmdebstrap.qcow2"
+        assert measure.sha256_file(image) == built["sha256"]
+
+    ws = "/home/runner/work/compare/disk-images"
+    run_github_job(jobs["compare"], root, ws, Expressions({**values, "github.workspace": ws}), log, uses(ws))
     _say(log, "comparing job", t0)
-    results = root / ws2.lstrip("/") / uploaded["comparison"]
+    results = artifacts.store / "comparison"
     page = (results / "compare.html").read_text()
-    for tool in ("mmdebstrap", "mkosi", "debos"):
-        assert tool in page
+    assert "debian-13-minimal" in page and "mmdebstrap" in page
     nb = json.loads((results / "compare.ipynb").read_text())
     assert not nb["metadata"]["papermill"]["exception"]
     assert sum("<table" in "".join(o.get("data", {}).get("text/html", "")) for c in nb["cells"]
-               for o in c.get("outputs", [])) >= 2
+               for o in c.get("outputs", [])) >= 1
+    print(log.read_text()[-600:])
 
 
 def test_gitlab_plan_and_its_child_comparison_run_on_a_fresh_debian_image(tmp_path):
