@@ -4,7 +4,6 @@ from pathlib import Path
 
 import json
 
-import papermill as pm
 import pytest
 from nb_support import outputs
 
@@ -93,9 +92,14 @@ def test_widget_tree_renders(ex):
 
 def test_explore_notebook_runs_headless(tmp_path):
     out_nb = tmp_path / "explore.out.ipynb"
-    pm.execute_notebook(str(notebooks_dir() / "explore.ipynb"), str(out_nb), cwd=str(tmp_path),
-                        parameters={"recipe": "debian-12-minimal", "tool": "mkosi",
-                                    "output_dir": str(tmp_path / "out")}, progress_bar=False)
+    # papermill as users run it, in its own process: in the suite's process, after the other notebook tests, its
+    # client once waited for good on a kernel that had started and sat idle
+    import subprocess
+    import sys
+    subprocess.run([str(Path(sys.executable).parent / "papermill"), str(notebooks_dir() / "explore.ipynb"),
+                    str(out_nb), "--cwd", str(tmp_path), "-p", "recipe", "debian-12-minimal", "-p", "tool", "mkosi",
+                    "-p", "output_dir", str(tmp_path / "out"), "--no-progress-bar"], check=True, timeout=300,
+                   capture_output=True)
     nb = json.loads(out_nb.read_text())
     widgets = [o for c in nb["cells"] for o in c.get("outputs", [])
                if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]

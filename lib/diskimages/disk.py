@@ -255,7 +255,7 @@ def assemble(recipe: Recipe, rootfs: Path, raw: Path, work: Path, log: Optional[
     images = make_grub_images(recipe, rootfs, layout, work, distro, log)
     when = seed.env() if seed else {}
     if seed:
-        done = reproducible.normalize_tree(rootfs, seed.epoch)
+        done = reproducible.normalize_tree(rootfs, seed.epoch, distro.volatile_files)
         runner.note(log, f"tree normalised: {done['removed']} volatile files removed, {done['clamped']} file times "
                          f"clamped to SOURCE_DATE_EPOCH={seed.epoch}")
     partition(raw, recipe.disk.size_bytes, layout, log)

@@ -23,12 +23,10 @@ from typing import Optional
 from . import runner
 from .distros import Distribution
 
-#: files whose content is a time, a log or a random number, and which the first boot recreates as needed
-VOLATILE_FILES = ("var/cache/ldconfig/aux-cache", "var/log/dpkg.log", "var/log/apt/history.log",
-                  "var/log/apt/term.log", "var/log/apt/eipp.log.xz", "var/log/alternatives.log",
-                  "var/lib/dbus/machine-id", "var/lib/systemd/random-seed", "etc/shadow-", "etc/gshadow-",
-                  "etc/passwd-", "etc/group-", "etc/subuid-", "etc/subgid-", "var/cache/debconf/config.dat-old",
-                  "var/cache/debconf/templates.dat-old", "var/lib/dpkg/status-old", "var/lib/dpkg/diversions-old")
+#: files whose content is a time, a log or a random number, and which the first boot recreates as needed (a
+#: distribution adds its package manager's: `Distribution.volatile_files`)
+VOLATILE_FILES = ("var/cache/ldconfig/aux-cache", "var/lib/dbus/machine-id", "var/lib/systemd/random-seed",
+                  "etc/shadow-", "etc/gshadow-", "etc/passwd-", "etc/group-", "etc/subuid-", "etc/subgid-")
 _DAY = 86400
 
 
@@ -73,11 +71,11 @@ def source_date_epoch(rootfs: Path, distro: Distribution) -> tuple[int, str]:
     return newest, "newest file the packages ship"
 
 
-def normalize_tree(rootfs: Path, epoch: int) -> dict:
+def normalize_tree(rootfs: Path, epoch: int, volatile: tuple = ()) -> dict:
     """Remove the volatile files, clamp /etc/shadow's last-change days and every file time to `epoch`.
     Returns what it changed (counts, for the log)."""
     removed = 0
-    for rel in VOLATILE_FILES:
+    for rel in (*VOLATILE_FILES, *volatile):
         p = rootfs / rel
         if p.is_file() or p.is_symlink():
             p.unlink()

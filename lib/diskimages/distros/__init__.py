@@ -191,6 +191,9 @@ class Distribution:
         """[{name, version, architecture}] of the packages installed in a root tree."""
         raise NotImplementedError
 
+    #: the package manager's logs and backups: times and leftovers that differ between two builds
+    volatile_files: ClassVar[tuple] = ()
+
     def shipped_files(self, rootfs: Path) -> list[str]:
         """The regular files the installed packages ship, relative to the tree (their times are the packages'
         own: the newest is a build's SOURCE_DATE_EPOCH)."""

@@ -152,6 +152,11 @@ class Debian(Distribution):
                 rows.append({"name": name, "version": version, "architecture": arch})
         return rows
 
+    volatile_files = ("var/log/dpkg.log", "var/log/apt/history.log", "var/log/apt/term.log",
+                      "var/log/apt/eipp.log.xz", "var/log/alternatives.log", "var/cache/debconf/config.dat-old",
+                      "var/cache/debconf/templates.dat-old", "var/lib/dpkg/status-old",
+                      "var/lib/dpkg/diversions-old")
+
     def shipped_files(self, rootfs: Path) -> list[str]:
         files = []
         for sums in sorted((rootfs / "var/lib/dpkg/info").glob("*.md5sums")):
