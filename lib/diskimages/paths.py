@@ -48,3 +48,12 @@ def venv_share() -> Path:
     never on the host)."""
     import sys
     return Path(sys.prefix) / "share" / "diskimages-tools"
+
+
+def widget_assets() -> "Path | None":
+    """The Jupyter widget manager (html-manager's embed-amd.js) and require.js that scripts/setup.sh fetched from
+    npm into the Python environment; None when they are not there (the docs site then loads them from a CDN)."""
+    import sys
+    web = Path(sys.prefix) / "node" / "web"
+    ok = (web / "html-manager" / "dist" / "embed-amd.js").is_file() and (web / "requirejs" / "require.js").is_file()
+    return web if ok else None
