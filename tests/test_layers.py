@@ -192,3 +192,28 @@ def test_plugins_by_environment_and_one_progress_line_per_phase(tmp_path):
     assert [line.split(" (")[0] for line in lines[:2]] == ["fakeos-tiny / fakedisk: phase 1/2 build",
                                                            "fakeos-tiny / fakedisk: phase 2/2 compress"]
     assert lines[-1].startswith("fakeos-tiny / fakedisk: 2/2 phases done in ")
+
+
+def test_every_exception_of_the_project_has_one_base_class():
+    """What diskimages raises on purpose derives from DiskImagesError (the CLI's exit code comes from it), and
+    lib/ raises no bare ValueError or RuntimeError. Interrupted is the exception: like KeyboardInterrupt it must
+    pass through `except Exception`."""
+    from diskimages.errors import DiskImagesError
+    from diskimages.runner import Interrupted
+    found, bare = [], []
+    for p in sorted(LIB.rglob("*.py")):
+        mod = "diskimages." + ".".join(p.relative_to(LIB).with_suffix("").parts).replace(".__init__", "")
+        if mod.endswith("__main__"):
+            continue
+        module = importlib.import_module(mod)
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ClassDef):
+                cls = getattr(module, node.name, None)
+                if isinstance(cls, type) and issubclass(cls, BaseException):
+                    found.append(cls)
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and \
+                    getattr(node.exc.func, "id", "") in ("ValueError", "RuntimeError", "Exception"):
+                bare.append(f"{p.relative_to(LIB)}:{node.lineno}")
+    assert len(found) >= 10
+    assert [c.__name__ for c in found if not issubclass(c, DiskImagesError)] == [Interrupted.__name__]
+    assert not bare, bare

@@ -19,6 +19,7 @@ from typing import Optional
 from . import probe
 from .qemu import Machine, choose_accel
 from .runner import signals_as_exceptions
+from .errors import Failure, InputError
 
 MILESTONES = [  # (name, pattern) in boot order; the pattern is searched in the serial console output
     ("bootloader", rb"GNU GRUB|Booting `"),
@@ -42,7 +43,7 @@ SETTLED_FOR_S = 5.0       # unchanged this long: settled (reported as the moment
 MIN_DESKTOP_COLOURS = 256   # a drawn desktop (wallpaper, panel, icons); a bare X screen with a cursor has < 100
 
 
-class BootFailed(RuntimeError):
+class BootFailed(Failure):
     pass
 
 
@@ -116,14 +117,14 @@ def boot_check(image: Path | str, record: Optional[dict] = None, *, firmware: Op
     expect = expect or record.get("expect", "login")
     uid = autologin_uid if autologin_uid is not None else record.get("autologin_uid")
     if expect == "desktop" and uid is None:
-        raise ValueError("a desktop boot check needs the autologin user's uid (from the build record)")
+        raise InputError("a desktop boot check needs the autologin user's uid (from the build record)")
     timeout = timeout or (600.0 if expect == "desktop" else 240.0)
     shots = Path(screenshot_dir) if screenshot_dir else image.parent
     shots.mkdir(parents=True, exist_ok=True)
     stem = image.name.rsplit(".", 1)[0]
     backend = choose_backend(backend)
     if keep and backend != "libvirt":
-        raise ValueError("keeping a VM running needs the libvirt backend")
+        raise InputError("keeping a VM running needs the libvirt backend")
     if accel:
         acc, why = accel, "parameter"
     else:

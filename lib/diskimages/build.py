@@ -23,6 +23,7 @@ from .recipe import Recipe, RecipeError
 from .runner import signals_as_exceptions
 from .tools import (Accel, BaseImage, BuildState, Tool, ToolUnavailable, get_tool, load_checked, new_state,
                     refuse)
+from .errors import Failure
 
 COMPRESS = "compress"
 BASE_TOOL = "mmdebstrap"     # the native builder makes the VM builders' cloud base image
@@ -60,7 +61,7 @@ def remove_tree(path: Path) -> None:
         return
     left = mounts_under(path)
     if left:
-        raise RuntimeError(f"refusing to remove {path}: still mounted: {', '.join(left)}")
+        raise Failure(f"refusing to remove {path}: still mounted: {', '.join(left)}")
     shutil.rmtree(path)
 
 
@@ -373,7 +374,7 @@ def _check_resolution(resolved: list[str], manifest_file: Path, state: BuildStat
     moved = sorted(n for n in want.keys() & got.keys() if want[n] != got[n])
     if moved:
         n = moved[0]
-        raise RuntimeError(f"the {state.distro.pretty_name} mirror's index changed between resolving and building: "
+        raise Failure(f"the {state.distro.pretty_name} mirror's index changed between resolving and building: "
                            f"{n} was resolved to {want[n]} but {got[n]} was installed"
                            + (f" (and {len(moved) - 1} more)" if len(moved) > 1 else "") +
                            "; build again to resolve against the new index")

@@ -458,24 +458,24 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .recipe import RecipeError
-    from .runner import CommandError, Interrupted, signals_as_exceptions
-    from .registry import RegistryError, printable
-    from .tools import ToolUnavailable
+    from .errors import DiskImagesError
+    from .registry import printable
+    from .runner import Interrupted, signals_as_exceptions
     args = parser().parse_args(argv)
     try:
         with signals_as_exceptions():
             return args.func(args)
-    except (RecipeError, ToolUnavailable, PermissionError, FileNotFoundError, KeyError, ValueError) as e:
+    except DiskImagesError as e:
+        # one line, and what a registry or a recipe sent is never printed raw (terminal escapes)
+        print(f"error: {printable(str(e).replace(chr(10), ' '))}", file=sys.stderr)
+        return e.exit_code
+    except (PermissionError, FileNotFoundError, KeyError, ValueError) as e:
+        # the same kinds of bad input, found by the standard library or a dependency
         if isinstance(e, KeyError):
             e = e.args[0]
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except RegistryError as e:
-        # what a registry sent is never printed raw (terminal escapes), and a failure is one line
-        print(f"error: {printable(str(e).replace(chr(10), ' '))}", file=sys.stderr)
-        return 1
-    except (CommandError, RuntimeError) as e:
+    except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:

@@ -27,6 +27,7 @@ from .chroot import chroot_run
 from .distros import Distribution
 from .recipe import Recipe
 from .reproducible import Seed
+from .errors import Failure, InputError
 
 SECTOR = 512
 BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
@@ -158,7 +159,7 @@ def boot_targets(recipe: Recipe, distro: Distribution):
     targets = [t for t in distro.boot_targets(recipe.architecture) if t.firmware in wanted]
     missing = wanted - {t.firmware for t in targets}
     if missing:
-        raise RuntimeError(f"{distro.pretty_name} on {recipe.architecture} has no {' or '.join(sorted(missing))} "
+        raise Failure(f"{distro.pretty_name} on {recipe.architecture} has no {' or '.join(sorted(missing))} "
                            "boot loader")
     return targets
 
@@ -176,7 +177,7 @@ def make_grub_images(recipe: Recipe, rootfs: Path, layout: Layout, outdir: Path,
     try:
         for t in boot_targets(recipe, distro):
             if not (rootfs / lib.lstrip("/") / t.platform).is_dir():
-                raise RuntimeError(f"the image has no GRUB {t.platform} modules ({lib}/{t.platform}): install "
+                raise Failure(f"the image has no GRUB {t.platform} modules ({lib}/{t.platform}): install "
                                    f"{' / '.join(distro.bootloader_packages(recipe.architecture))} in it")
             runner.run(["chroot", rootfs, distro.grub_mkimage, "-O", t.platform, "-d", f"{lib}/{t.platform}",
                         "-c", f"/{work_rel}/early.cfg", "-p", "/boot/grub", "-o", f"/{work_rel}/{t.image}",
@@ -195,7 +196,7 @@ def read_partitions(raw: Path) -> list[dict]:
     """The partition table of a raw disk file (sfdisk's JSON entries: start, size, type, ...)."""
     r = subprocess.run(["sfdisk", "-J", str(raw)], capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"no partition table on {Path(raw).name}")
+        raise Failure(f"no partition table on {Path(raw).name}")
     return json.loads(r.stdout)["partitiontable"]["partitions"]
 
 
@@ -203,7 +204,7 @@ def root_partition_offset(raw: Path) -> int:
     """Byte offset of the (largest) Linux partition of a raw disk file."""
     linux = [p for p in read_partitions(raw) if p["type"].upper() in LINUX_TYPES]
     if not linux:
-        raise RuntimeError(f"no Linux root partition on {Path(raw).name}")
+        raise Failure(f"no Linux root partition on {Path(raw).name}")
     return int(max(linux, key=lambda p: p["size"])["start"]) * SECTOR
 
 
@@ -228,13 +229,13 @@ def embed_grub_bios(raw: Path, core_img: Path, boot_img: Path, part: Partition) 
     core = bytearray(core_img.read_bytes())
     boot = bytearray(boot_img.read_bytes())
     if len(boot) != SECTOR:
-        raise RuntimeError(f"{boot_img} is {len(boot)} bytes, expected 512")
+        raise Failure(f"{boot_img} is {len(boot)} bytes, expected 512")
     sectors = (len(core) + SECTOR - 1) // SECTOR
     if sectors > part.size:
-        raise RuntimeError(f"GRUB core.img needs {sectors} sectors; the BIOS boot partition has {part.size}")
+        raise Failure(f"GRUB core.img needs {sectors} sectors; the BIOS boot partition has {part.size}")
     start_blk, blk_len, _ = struct.unpack_from("<QHH", core, 0x1F4)
     if start_blk != 2 or blk_len != sectors - 1:
-        raise RuntimeError(f"unexpected core.img block list ({start_blk}, {blk_len}): unknown GRUB layout")
+        raise Failure(f"unexpected core.img block list ({start_blk}, {blk_len}): unknown GRUB layout")
     struct.pack_into("<Q", core, 0x1F4, part.start + 1)
     struct.pack_into("<Q", boot, 0x5C, part.start)
     boot[0x64] = 0xFF
@@ -329,7 +330,7 @@ def extract(raw: Path, paths: list[str], dest: Path) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".debugfs", dir=dest) as cmds:
         for p in paths:
             if not p.startswith("/") or '"' in p or "\n" in p:
-                raise ValueError(f"not an absolute image path: {p!r}")
+                raise InputError(f"not an absolute image path: {p!r}")
             parent = dest / p.lstrip("/").rsplit("/", 1)[0] if "/" in p.lstrip("/") else dest
             parent.mkdir(parents=True, exist_ok=True)
             cmds.write(f'rdump "{p}" "{parent}"\n')

@@ -18,6 +18,7 @@ from typing import Optional
 
 from . import reaper
 from .paths import notebooks_dir, widget_assets
+from .errors import InputError
 
 PAGES = [
     ("compare", "Compare", "one recipe, every tool, measured side by side: times, sizes, boot, screenshots"),
@@ -64,7 +65,7 @@ def _records(results: Path):
     from . import compare
     df = compare.load(results) if results.is_dir() else None
     if df is None or df.empty:
-        raise ValueError(f"{results}: no build records (allowed: a folder of NAME.TOOL.json records, as "
+        raise InputError(f"{results}: no build records (allowed: a folder of NAME.TOOL.json records, as "
                          "compare.ipynb or bench/compare.py write them); no site was written")
     return df
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from .paths import cache_dir
+from .errors import Failure
 
 URI = os.environ.get("DISKIMAGES_LIBVIRT_URI", "qemu:///system")
 NETWORK = "default"
@@ -26,7 +27,7 @@ FALLBACK_NETWORK_XML = """<network><name>diskimages</name><forward mode='nat'/>
 </network>"""
 
 
-class LibvirtUnavailable(RuntimeError):
+class LibvirtUnavailable(Failure):
     pass
 
 

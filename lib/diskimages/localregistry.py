@@ -19,6 +19,7 @@ from typing import Optional
 import yaml
 
 from . import reaper
+from .errors import Failure
 
 
 class LocalRegistry:
@@ -51,7 +52,7 @@ class LocalRegistry:
     def __enter__(self) -> "LocalRegistry":
         exe = shutil.which("docker-registry") or shutil.which("registry")
         if not exe:
-            raise RuntimeError("docker-registry is not installed (Debian package docker-registry)")
+            raise Failure("docker-registry is not installed (Debian package docker-registry)")
         reaper.reap(say=True)
         self.storage.mkdir(parents=True, exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(prefix="diskimages-registry-"))
@@ -73,10 +74,10 @@ class LocalRegistry:
                 return self
             if self.proc.poll() is not None:
                 self.__exit__(None, None, None)
-                raise RuntimeError(f"docker-registry stopped at start: {text.strip()[-400:]}")
+                raise Failure(f"docker-registry stopped at start: {text.strip()[-400:]}")
             time.sleep(0.1)
         self.__exit__(None, None, None)
-        raise RuntimeError("docker-registry did not start listening within 30 s")
+        raise Failure("docker-registry did not start listening within 30 s")
 
     def log(self) -> str:
         try:

@@ -18,6 +18,7 @@ from typing import Optional
 
 from . import disk
 from .distros import Distribution, Release
+from .errors import Failure
 
 SPDX_MEDIA_TYPE = "application/spdx+json"
 
@@ -90,7 +91,7 @@ def write(raw: Path, distro: Distribution, release: Release, dest: Path, *, imag
     doc = document(packages, distro, release, image_name=image_name, creators=creators)
     problems = validate_full_spdx_document(doc)
     if problems:
-        raise RuntimeError(f"the SPDX manifest of {image_name} does not validate: {problems[0].validation_message}")
+        raise Failure(f"the SPDX manifest of {image_name} does not validate: {problems[0].validation_message}")
     partial = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
     try:
         write_document_to_file(doc, str(partial), validate=False)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from .disk import root_partition_offset
+from .errors import Failure
 
 MARK = "DISKIMAGES-PROBE"
 SESSION_PROCESSES = "xfce4-session gnome-shell plasmashell mate-session lxqt-session"
@@ -66,7 +67,7 @@ WantedBy=multi-user.target
 """
 
 
-class ProbeError(RuntimeError):
+class ProbeError(Failure):
     pass
 
 

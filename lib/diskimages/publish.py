@@ -19,6 +19,7 @@ from typing import Optional
 from urllib.parse import urljoin, urlparse
 
 from .registry import OCI_INDEX, OCI_MANIFEST, Ref, RegistryClient, RegistryError, printable
+from .errors import InputError
 
 ARTIFACT_TYPE = "application/vnd.diskimages.image.v1"
 DISK_MEDIA_TYPES = {"qcow2": "application/x-qemu-disk", "raw": "application/octet-stream"}
@@ -81,7 +82,7 @@ def download_file(image: Path | str, *, level: int = 19, log: Optional[Path] = N
     from . import reaper, runner
     image = Path(image)
     if not isinstance(level, int) or not 1 <= level <= 19:
-        raise ValueError(f"zstd level {level!r} is not allowed (allowed: 1 to 19)")
+        raise InputError(f"zstd level {level!r} is not allowed (allowed: 1 to 19)")
     out = image.with_name(image.name.rsplit(".", 1)[0] + ".raw.zst")
     if out.is_file() and out.stat().st_mtime_ns >= image.stat().st_mtime_ns:
         return out
@@ -177,7 +178,7 @@ def push(image: Path | str, ref: str, *, record: Optional[dict] = None, extra_ta
     download_blob = None
     if download_format:
         if download_format not in DOWNLOAD_FORMATS:
-            raise ValueError(f"download format {download_format!r} is not allowed "
+            raise InputError(f"download format {download_format!r} is not allowed "
                              f"(allowed: {', '.join(DOWNLOAD_FORMATS)})")
         dl = download_file(image, level=zstd_level)
         dsize = dl.stat().st_size

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 
 from . import reaper
 from .paths import cache_dir
+from .errors import Failure
 
 OVMF_CODE = ["/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/ovmf/OVMF.fd"]
 OVMF_VARS = ["/usr/share/OVMF/OVMF_VARS_4M.fd", "/usr/share/OVMF/OVMF_VARS.fd"]
@@ -75,7 +76,7 @@ class Machine:
         if self.firmware == "uefi":
             code, vars_ = _first(OVMF_CODE), _first(OVMF_VARS)
             if not code or not vars_:
-                raise RuntimeError("UEFI boot needs OVMF (Debian package ovmf): no OVMF firmware found")
+                raise Failure("UEFI boot needs OVMF (Debian package ovmf): no OVMF firmware found")
             shutil.copy(vars_, t / "OVMF_VARS.fd")
             cmd += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
                     "-drive", f"if=pflash,format=raw,unit=1,file={t / 'OVMF_VARS.fd'}"]
@@ -110,7 +111,7 @@ class Machine:
     def _connect(self, path: Path) -> socket.socket:
         for _ in range(300):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"QEMU exited at start ({self.proc.returncode}): {self.qemu_output()}")
+                raise Failure(f"QEMU exited at start ({self.proc.returncode}): {self.qemu_output()}")
             try:
                 s = socket.socket(socket.AF_UNIX)
                 s.connect(str(path))
@@ -118,7 +119,7 @@ class Machine:
             except OSError:
                 s.close()
                 time.sleep(0.1)
-        raise RuntimeError(f"QEMU did not open {path.name}: {self.qemu_output()}")
+        raise Failure(f"QEMU did not open {path.name}: {self.qemu_output()}")
 
     def qemu_output(self) -> str:
         try:
@@ -141,7 +142,7 @@ class Machine:
         while True:
             line = self.qmp_file.readline()
             if not line:
-                raise RuntimeError("QMP connection closed")
+                raise Failure("QMP connection closed")
             r = json.loads(line)
             if "return" in r or "error" in r:
                 return r
@@ -180,7 +181,7 @@ class Machine:
             ppm = self.tmp / "screen.ppm"
             r = self.qmp("screendump", filename=str(ppm))
             if "error" in r:
-                raise RuntimeError(f"screendump failed: {r['error']}")
+                raise Failure(f"screendump failed: {r['error']}")
             Image.open(ppm).save(path)
         img = Image.open(path)
         img.load()

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .paths import recipes_dir
+from .errors import InputError
 
 
 _SIZE_RE = re.compile(r"\s*(\d{1,12}(?:\.\d{1,6})?)\s*([KMGT]i?B?|B)?\s*", re.I)
@@ -27,7 +28,7 @@ MAX_YAML_NODES = 100_000            # nodes once every alias is expanded
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
-class RecipeError(ValueError):
+class RecipeError(InputError):
     """A recipe is unusable. `str()` reads `FILE: FIELD: what is wrong (allowed: ...)`."""
 
     def __init__(self, file: str | os.PathLike | None, field: str, message: str):
@@ -45,12 +46,12 @@ def _short(value: Any, limit: int = 40) -> str:
 def parse_size(value: str | int) -> int:
     """'8G', '512MiB', '4096' (bytes) -> bytes."""
     if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a size (allowed: a number with an optional unit K, M, G or T, e.g. 8G)")
+        raise InputError(f"{value!r} is not a size (allowed: a number with an optional unit K, M, G or T, e.g. 8G)")
     if isinstance(value, int):
         return value
     m = _SIZE_RE.fullmatch(str(value))
     if not m:
-        raise ValueError(f"{_short(value)} is not a size (allowed: a number with an optional unit K, M, G or T, e.g. 8G)")
+        raise InputError(f"{_short(value)} is not a size (allowed: a number with an optional unit K, M, G or T, e.g. 8G)")
     unit = (m.group(2) or "").upper().rstrip("B").rstrip("I")
     return int(float(m.group(1)) * _UNITS[unit])
 
@@ -74,7 +75,7 @@ class User(_Strict):
     @classmethod
     def _hash(cls, v):
         if v is not None and not re.fullmatch(r"\$(1|5|6|y|gy|2[abxy]?|7)\$[./A-Za-z0-9$=]+", v) and v not in ("!", "*"):
-            raise ValueError("is not a crypt(3) hash (allowed: a hash like $6$... or $y$... from "
+            raise InputError("is not a crypt(3) hash (allowed: a hash like $6$... or $y$... from "
                              "`mkpasswd -m sha-512`, or '!' for a locked password); plain passwords are never "
                              "written in a recipe: use password_env")
         return v
@@ -84,13 +85,13 @@ class User(_Strict):
     def _groups(cls, v):
         for g in v:
             if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", g):
-                raise ValueError(f"{g!r} is not a group name (allowed: lower-case letters, digits, _ and -)")
+                raise InputError(f"{g!r} is not a group name (allowed: lower-case letters, digits, _ and -)")
         return v
 
     @model_validator(mode="after")
     def _one_password(self):
         if self.password_hash and self.password_env:
-            raise ValueError("give password_hash or password_env, not both")
+            raise InputError("give password_hash or password_env, not both")
         return self
 
 
@@ -105,7 +106,7 @@ class Disk(_Strict):
     @classmethod
     def _number(cls, v):
         if isinstance(v, bool):
-            raise ValueError(f"{v!r} is not a size (allowed: a number with an optional unit K, M, G or T, e.g. 8G)")
+            raise InputError(f"{v!r} is not a size (allowed: a number with an optional unit K, M, G or T, e.g. 8G)")
         return str(v) if isinstance(v, int) else v
 
     @field_validator("size", "esp_size")
@@ -125,11 +126,11 @@ class Disk(_Strict):
     @model_validator(mode="after")
     def _big_enough(self):
         if self.size_bytes < (1 << 30):
-            raise ValueError(f"size {self.size} is too small (allowed: 1G or more)")
+            raise InputError(f"size {self.size} is too small (allowed: 1G or more)")
         if self.size_bytes > MAX_DISK:
-            raise ValueError(f"size {self.size} is too large (allowed: up to 2T)")
+            raise InputError(f"size {self.size} is too large (allowed: up to 2T)")
         if not (64 << 20) <= self.esp_bytes <= (1 << 30):
-            raise ValueError(f"esp_size {self.esp_size} is out of range (allowed: 64M to 1G)")
+            raise InputError(f"esp_size {self.esp_size} is out of range (allowed: 64M to 1G)")
         return self
 
 
@@ -144,7 +145,7 @@ class Output(_Strict):
     @model_validator(mode="after")
     def _raw(self):
         if self.format == "raw" and self.compression != "none":
-            raise ValueError("format raw cannot be compressed (allowed with raw: compression none)")
+            raise InputError("format raw cannot be compressed (allowed with raw: compression none)")
         return self
 
 
@@ -184,7 +185,7 @@ class Recipe(_Strict):
         for p in v:
             # a leading @ names a package group (dnf, pacman); each distribution applies its own rule after this
             if not re.fullmatch(r"@?[A-Za-z0-9][A-Za-z0-9+._-]*", p):
-                raise ValueError(f"{p!r} is not a package name (allowed: letters, digits, + - . _, "
+                raise InputError(f"{p!r} is not a package name (allowed: letters, digits, + - . _, "
                                  "a leading @ for a group)")
         return v
 
@@ -193,7 +194,7 @@ class Recipe(_Strict):
     def _services(cls, v):
         for s in v:
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9:_.@\\-]{0,254}", s):
-                raise ValueError(f"{_short(s)} is not a systemd unit name (allowed: letters, digits and :_.@-, "
+                raise InputError(f"{_short(s)} is not a systemd unit name (allowed: letters, digits and :_.@-, "
                                  "not starting with -)")
         return v
 
@@ -201,7 +202,7 @@ class Recipe(_Strict):
     @classmethod
     def _tz(cls, v):
         if v not in ("UTC", "Etc/UTC") and v not in zoneinfo.available_timezones():
-            raise ValueError(f"{v!r} is not a time zone (allowed: a tz database name such as UTC or Europe/Paris)")
+            raise InputError(f"{v!r} is not a time zone (allowed: a tz database name such as UTC or Europe/Paris)")
         return v
 
     @field_validator("kernel_cmdline", mode="before")
@@ -211,11 +212,11 @@ class Recipe(_Strict):
         # configuration and a sed expression)
         tokens = v if isinstance(v, list) else str(v).split(" ") if isinstance(v, str) else None
         if tokens is None:
-            raise ValueError("must be kernel parameters: a string or a list of key[=value] tokens")
+            raise InputError("must be kernel parameters: a string or a list of key[=value] tokens")
         tokens = [t for t in tokens if t != ""]
         for t in tokens:
             if not isinstance(t, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}(=[A-Za-z0-9_.,:/+@=-]{0,200})?", t):
-                raise ValueError(f"{_short(t)} is not a kernel parameter (allowed: key[=value] with letters, "
+                raise InputError(f"{_short(t)} is not a kernel parameter (allowed: key[=value] with letters, "
                                  "digits and _.-, values also ,:/+@=; no quotes, spaces inside, #, &, |, braces or $)")
         return " ".join(tokens)
 
@@ -230,9 +231,9 @@ class Recipe(_Strict):
         names = [u.name for u in self.users]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
-            raise ValueError(f"users: duplicate user name(s) {', '.join(sorted(dup))}")
+            raise InputError(f"users: duplicate user name(s) {', '.join(sorted(dup))}")
         if self.autologin is not None and self.autologin not in names:
-            raise ValueError(f"autologin: {self.autologin!r} is not one of the users "
+            raise InputError(f"autologin: {self.autologin!r} is not one of the users "
                              f"(allowed: {', '.join(names) or 'none defined'})")
         return self
 

@@ -29,6 +29,7 @@ from urllib.parse import urljoin, urlparse
 import oras.container
 import oras.provider
 import requests
+from .errors import Failure, InputError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -38,11 +39,11 @@ CHUNK = 8 << 20
 MAX_MANIFEST = 4 << 20              # the registry's own limit for manifests
 
 
-class RegistryError(RuntimeError):
+class RegistryError(Failure):
     """A registry operation failed; the message is one line that says what and why."""
 
 
-class BadReference(RegistryError, ValueError):
+class BadReference(RegistryError, InputError):
     """A registry reference that is not one (bad input: the command exits 2)."""
 
 

@@ -22,6 +22,7 @@ from typing import Optional
 
 from . import runner
 from .distros import Distribution
+from .errors import Failure, InputError
 
 #: files whose content is a time, a log or a random number, and which the first boot recreates as needed (a
 #: distribution adds its package manager's: `Distribution.volatile_files`)
@@ -56,7 +57,7 @@ def source_date_epoch(rootfs: Path, distro: Distribution) -> tuple[int, str]:
     given = os.environ.get("SOURCE_DATE_EPOCH", "")
     if given:
         if not given.isdigit():
-            raise ValueError(f"environment: SOURCE_DATE_EPOCH={given[:40]!r} is not allowed "
+            raise InputError(f"environment: SOURCE_DATE_EPOCH={given[:40]!r} is not allowed "
                              "(allowed: whole seconds since 1970)")
         return int(given), "environment"
     newest = 0
@@ -67,7 +68,7 @@ def source_date_epoch(rootfs: Path, distro: Distribution) -> tuple[int, str]:
             continue
         newest = max(newest, int(st.st_mtime))
     if not newest:
-        raise RuntimeError(f"no file shipped by the {distro.pretty_name} packages was found in the tree")
+        raise Failure(f"no file shipped by the {distro.pretty_name} packages was found in the tree")
     return newest, "newest file the packages ship"
 
 
@@ -148,7 +149,7 @@ def pin_inode_times(target: str, epoch: int, work: Path, log: Optional[Path] = N
     bad = [line for line in (r.stdout + r.stderr).splitlines()
            if line.strip() and not line.startswith(("debugfs ", "debugfs:"))]
     if r.returncode != 0 or bad:
-        raise RuntimeError(f"debugfs could not pin the inode change times: {(bad or [r.stderr])[0][:200]}")
+        raise Failure(f"debugfs could not pin the inode change times: {(bad or [r.stderr])[0][:200]}")
     runner.note(log, f"change and access times of {len(inodes)} inodes set to {epoch}")
     return len(inodes)
 

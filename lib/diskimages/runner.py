@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 from . import reaper
+from .errors import Failure
 
 
-class CommandError(RuntimeError):
+class CommandError(Failure):
     def __init__(self, cmd: Sequence[str], code: int, tail: str, log: Optional[Path] = None):
         self.cmd, self.code, self.tail, self.log = list(cmd), code, tail, log
         where = f" (full log: {log})" if log else ""

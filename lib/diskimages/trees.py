@@ -17,6 +17,7 @@ from typing import Optional
 
 from . import reaper, runner
 from .paths import cache_dir
+from .errors import InputError
 
 #: GNU tar keeps what an image needs: owners by number, modes, hard links, xattrs (file capabilities) and ACLs
 TAR_KEEP = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", "-p"]
@@ -27,7 +28,7 @@ MAX_BYTES = 20 << 30
 def _entry(key: str) -> tuple[Path, Path]:
     name = key.split(":", 1)[-1][:64]
     if not name.isalnum():
-        raise ValueError(f"not a tree key: {key[:80]!r}")
+        raise InputError(f"not a tree key: {key[:80]!r}")
     d = cache_dir("trees")
     return d / f"{name}.tar.zst", d / f"{name}.sha256"
 

@@ -18,6 +18,7 @@ from . import measure, reaper
 from .build import build, content_key, manifest_path
 from .recipe import RecipeError
 from .tools import get_tool, load_checked
+from .errors import InputError
 
 SAME, DIFFERS, CANNOT = "same", "differs", "cannot verify"
 _SHA = re.compile(r"sha256:[0-9a-f]{64}")
@@ -51,16 +52,16 @@ def _record(path: Path, where: str) -> dict:
     try:
         rec = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(f"{where}: no readable build record {path.name}: {str(e)[:120]}") from None
+        raise InputError(f"{where}: no readable build record {path.name}: {str(e)[:120]}") from None
     if not isinstance(rec, dict):
-        raise ValueError(f"{where}: {path.name} is not a build record (allowed: a JSON object)")
+        raise InputError(f"{where}: {path.name} is not a build record (allowed: a JSON object)")
     checks = {"recipe": lambda v: re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", v),
               "tool": lambda v: re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,39}", v),
               "content_key": _SHA.fullmatch, "sha256": _SHA.fullmatch, "recipe_digest": _SHA.fullmatch}
     for name, ok in checks.items():
         v = rec.get(name)
         if not isinstance(v, str) or not ok(v):
-            raise ValueError(f"{where}: {path.name}: field {name} is {str(v)[:60]!r} "
+            raise InputError(f"{where}: {path.name}: field {name} is {str(v)[:60]!r} "
                              f"(allowed: {'a sha256:HEX digest' if name in ('content_key', 'sha256', 'recipe_digest') else 'a name'})")
     return rec
 
@@ -87,13 +88,13 @@ def _fetch(image_or_ref: str | Path, tmp: Path, progress: bool) -> tuple[Path, s
     try:
         Ref.parse(ref)
     except ValueError:
-        raise ValueError(f"{ref}: neither an image file nor a registry reference (allowed: PATH.qcow2 or "
+        raise InputError(f"{ref}: neither an image file nor a registry reference (allowed: PATH.qcow2 or "
                          "HOST/REPO:TAG or HOST/REPO@sha256:...)") from None
     from .publish import pull
     files = pull(ref, tmp / "published", progress=progress).files
     disks = [f for f in files if f.suffix in (".qcow2", ".raw")]
     if len(disks) != 1:
-        raise ValueError(f"{ref}: the artifact holds {len(disks)} disk images (allowed: one)")
+        raise InputError(f"{ref}: the artifact holds {len(disks)} disk images (allowed: one)")
     return disks[0], ref
 
 

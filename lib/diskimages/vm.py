@@ -19,6 +19,7 @@ from xml.sax.saxutils import escape
 from . import libvirt_host, reaper
 from .paths import cache_dir
 from .qemu import OVMF_CODE, OVMF_VARS, _first
+from .errors import Failure
 
 SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
             "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
@@ -44,7 +45,7 @@ def domain_xml(name: str, disk: Path, firmware: str, accel: str, memory_mb: int,
     if firmware == "uefi":
         code, vars_ = _first(OVMF_CODE), _first(OVMF_VARS)
         if not code or not vars_:
-            raise RuntimeError("UEFI boot needs OVMF (Debian package ovmf): no OVMF firmware found")
+            raise Failure("UEFI boot needs OVMF (Debian package ovmf): no OVMF firmware found")
         loader = (f"<loader readonly='yes' secure='no' type='pflash'>{code}</loader>"
                   f"<nvram template='{vars_}'>{nvram}</nvram>")
     cpu = "<cpu mode='host-passthrough'/>" if accel == "kvm" else ""
@@ -97,7 +98,7 @@ class LibvirtMachine:
     # -- lifecycle
     def __enter__(self) -> "LibvirtMachine":
         if self.dir.exists():
-            raise RuntimeError(f"a VM named {self.name} already exists ({self.dir}); stop it or pick another name")
+            raise Failure(f"a VM named {self.name} already exists ({self.dir}); stop it or pick another name")
         reaper.reap(say=True)
         self._tracked = [reaper.track("domain", name=self.name), reaper.track("path", path=str(self.dir)),
                          libvirt_host.using()]
@@ -278,7 +279,7 @@ def vnc_display(dom) -> Optional[str]:
 def ssh_run(key: Path, ip: Optional[str], command: str, timeout: float = 60, user: str = "root",
             tty: bool = False) -> subprocess.CompletedProcess:
     if not ip:
-        raise RuntimeError("the VM has no IP address (yet): no DHCP lease on the libvirt network")
+        raise Failure("the VM has no IP address (yet): no DHCP lease on the libvirt network")
     argv = ["ssh", "-i", str(key), *SSH_OPTS, *(["-t"] if tty else []), f"{user}@{ip}", command]
     return subprocess.run(argv, capture_output=not tty, text=True, timeout=timeout)
 
@@ -295,7 +296,7 @@ def wait_ssh(key: Path, ip: str, timeout: float = 120) -> None:
         except subprocess.TimeoutExpired:
             last = "timed out"
         time.sleep(2)
-    raise RuntimeError(f"SSH to root@{ip} did not answer within {timeout:.0f} s ({last})")
+    raise Failure(f"SSH to root@{ip} did not answer within {timeout:.0f} s ({last})")
 
 
 # -- the registry of VMs this project started

@@ -27,6 +27,7 @@ from typing import Callable, Optional, Sequence
 from . import customize, disk, distros, reaper
 from .paths import cache_dir
 from .recipe import Recipe
+from .errors import Failure, InputError
 OK_MARK = "DISKIMAGES-VM-BUILD-OK"
 FAIL_MARK = "DISKIMAGES-VM-BUILD-FAILED"
 VM_SCRIPT = "vm-build.sh"
@@ -106,7 +107,7 @@ def prepare_disk(base: Path, raw: Path, size: int, log: Optional[Path] = None) -
     base_size = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(base)], capture_output=True,
                                           text=True, check=True).stdout)["virtual-size"]
     if size < base_size:
-        raise ValueError(f"disk.size {size >> 20} MiB is smaller than the base image ({base_size >> 20} MiB): "
+        raise InputError(f"disk.size {size >> 20} MiB is smaller than the base image ({base_size >> 20} MiB): "
                          "the VM builders can grow the base, not shrink it (allowed: at least the base's size)")
     run(["qemu-img", "convert", "-O", "raw", base, raw], log=log)
     if raw.stat().st_size < size:
@@ -208,7 +209,7 @@ def appliance_kernel(base: Path, distro, log: Optional[Path] = None) -> dict[str
             run(["debugfs", "-R", f"dump /boot/vmlinuz-{kver} {where / 'vmlinuz'}", target], log=log)
             run(["debugfs", "-R", f"rdump /usr/lib/modules/{kver} {where / 'modules'}", target], log=log)
         if not (where / "vmlinuz").stat().st_size or not (where / "modules" / kver).is_dir():
-            raise RuntimeError(f"could not extract the kernel {kver} from {base.name} for libguestfs' appliance")
+            raise Failure(f"could not extract the kernel {kver} from {base.name} for libguestfs' appliance")
         done.write_text(kver)
     kver = done.read_text().strip()
     return {"SUPERMIN_KERNEL": str(where / "vmlinuz"), "SUPERMIN_MODULES": str(where / "modules" / kver),
@@ -225,7 +226,7 @@ def guestfs_env(state, log: Optional[Path] = None) -> tuple[dict, list[str], lis
         applied.append(f"LIBGUESTFS_BACKEND_SETTINGS=force_tcg: {state.accel.reason if state.accel else 'no KVM'}")
     if not host_has_kernel():
         if base is None:
-            raise RuntimeError("libguestfs' appliance needs a kernel in /boot on this host, and this build has no "
+            raise Failure("libguestfs' appliance needs a kernel in /boot on this host, and this build has no "
                                "base image whose kernel it could boot instead (install the host's kernel package)")
         env.update(appliance_kernel(base, state.distro, log=log))
         applied.append(f"libguestfs appliance boots the base image's kernel {env['SUPERMIN_KERNEL_VERSION']} "
@@ -311,7 +312,7 @@ def fetch(url: str, name: Optional[str] = None, log: Optional[Path] = None) -> P
             sums = ""
         want = next((line.split()[0] for line in sums.splitlines() if line.strip().endswith(dest.name)), None)
         if want and want != h.hexdigest():
-            raise RuntimeError(f"{url}: sha256 {h.hexdigest()} does not match {want} from {sums_url}")
+            raise Failure(f"{url}: sha256 {h.hexdigest()} does not match {want} from {sums_url}")
         if log:
             with open(log, "a") as f:
                 f.write(f"downloaded {url}: sha256 {h.hexdigest()} ({'verified' if want else 'no SHA256SUMS'})\n")

@@ -23,6 +23,7 @@ from typing import ClassVar, Iterator, Optional
 from ..recipe import Recipe, RecipeError
 from ..shell import q, write_file
 from .sources import MirrorChoice
+from ..errors import Failure
 
 __all__ = ["Distribution", "Release", "DesktopSpec", "BootTarget", "MirrorChoice", "get", "names", "check",
            "host", "for_recipe", "STAGE_TARBALL"]
@@ -279,7 +280,7 @@ class Distribution:
         kernels = sorted((p.name.removeprefix("vmlinuz-") for p in (rootfs / "boot").glob("vmlinuz-*")),
                          key=_version_key)
         if not kernels:
-            raise RuntimeError(f"no kernel in {rootfs}/boot: the image needs a kernel package "
+            raise Failure(f"no kernel in {rootfs}/boot: the image needs a kernel package "
                                f"({', '.join(self.kernel_packages('amd64')) or 'linux'})")
         return kernels[-1]
 

@@ -11,6 +11,7 @@ from typing import Optional
 from ..recipe import Recipe
 from ..shell import q, write_file
 from . import DesktopSpec, Distribution, Release, osinfo
+from ..errors import Failure
 
 _X = ("xorg-server", "xf86-input-libinput", "xf86-video-qxl", "xf86-video-fbdev", "xf86-video-vesa", "ttf-dejavu")
 _NM = ("networkmanager",)
@@ -93,7 +94,7 @@ class Arch(Distribution):
     def kernel_version(self, rootfs: Path) -> str:
         mods = sorted(p.parent.name for p in (rootfs / "usr/lib/modules").glob("*/vmlinuz"))
         if not mods:
-            raise RuntimeError(f"no kernel in {rootfs}/usr/lib/modules: the image needs the linux package")
+            raise Failure(f"no kernel in {rootfs}/usr/lib/modules: the image needs the linux package")
         return mods[-1]
 
     def kernel_path(self, rootfs: Path, kver: str) -> str:

@@ -17,6 +17,7 @@ from ..recipe import Recipe
 from ..shell import q, write_file
 from . import STAGE_TARBALL, DesktopSpec, Distribution, Release, keyboard_layout, os_release_id
 from .sources import MirrorChoice
+from ..errors import Failure
 
 _X = ("xserver-xorg-core", "xserver-xorg-input-libinput", "xserver-xorg-video-qxl", "xserver-xorg-video-fbdev",
       "xserver-xorg-video-vesa", "fonts-dejavu-core", "dbus-x11", "at-spi2-core")
@@ -207,7 +208,7 @@ class Debian(Distribution):
     def resolve(self, packages: list[str], release: Release, arch: str, mirror: MirrorChoice) -> list[str]:
         from ..paths import cache_dir
         if not mirror.uri:
-            raise RuntimeError(f"no {self.pretty_name} mirror is known here to resolve packages against")
+            raise Failure(f"no {self.pretty_name} mirror is known here to resolve packages against")
         root = cache_dir("resolve", f"{self.name}-{release.codename}-{arch}")
         keyring = next((k for k in self.keyring_files if os.path.exists(k)),
                        f"/usr/share/keyrings/{self.name}-archive-keyring.gpg")
@@ -228,7 +229,7 @@ class Debian(Distribution):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "APT_CONFIG": str(root / "apt.conf")}
         upd = subprocess.run(["apt-get", *opts, "update"], capture_output=True, text=True, env=env)
         if upd.returncode != 0 or "\nE: " in "\n" + upd.stdout + upd.stderr:
-            raise RuntimeError(f"apt-get update against {mirror.uri} failed: {(upd.stderr or upd.stdout).strip()[-300:]}")
+            raise Failure(f"apt-get update against {mirror.uri} failed: {(upd.stderr or upd.stdout).strip()[-300:]}")
         # the essential set (an apt pattern) and apt, as mmdebstrap's apt variant installs before the packages
         want = ["?essential", "apt", *sorted(set(packages))]
         # apt's solver takes seconds: its answer is kept per index (the InRelease files) and request
@@ -246,7 +247,7 @@ class Debian(Distribution):
         sim = subprocess.run(["apt-get", *opts, "install", "-s", "--no-install-recommends", *want],
                              capture_output=True, text=True, env=env)
         if sim.returncode != 0:
-            raise RuntimeError(f"apt cannot install this package set from {mirror.uri}: "
+            raise Failure(f"apt cannot install this package set from {mirror.uri}: "
                                f"{(sim.stderr or sim.stdout).strip().splitlines()[-1][:300]}")
         found = re.findall(r"^Inst (\S+) \((\S+) ", sim.stdout, re.M)
         result = sorted(f"{n}={v}" for n, v in found)

@@ -12,6 +12,7 @@ from ..recipe import Recipe
 from ..shell import q
 from . import STAGE_TARBALL, DesktopSpec, Distribution, Release, keyboard_layout, osinfo
 from .sources import MirrorChoice
+from ..errors import Failure
 
 _X = ("xorg-x11-server-Xorg", "xorg-x11-drv-libinput", "xorg-x11-drv-qxl", "xorg-x11-drv-fbdev",
       "dejavu-sans-fonts", "dbus-x11")
@@ -88,7 +89,7 @@ class Fedora(Distribution):
     def manifest(self, root: Path) -> list[dict]:
         import shutil
         if not shutil.which("rpm"):
-            raise RuntimeError("rpm is needed on the build host to read Fedora's package database "
+            raise Failure("rpm is needed on the build host to read Fedora's package database "
                                "(Debian/Ubuntu package rpm)")
         out = subprocess.run(["rpm", "--dbpath", str(root / "var/lib/rpm"), "-qa", "--qf",
                               "%{NAME}\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\t%{ARCH}\t%{SOURCERPM}\t%{LICENSE}\n"],

@@ -29,10 +29,13 @@ from ..disk import DiskInfo
 from ..distros import Distribution, MirrorChoice, Release
 from ..paths import cache_dir
 from ..recipe import Recipe, RecipeError, load_recipe
+from ..errors import Failure
 
 
-class ToolUnavailable(RuntimeError):
-    """The tool is not installed, or cannot build this recipe (the message says why)."""
+class ToolUnavailable(Failure):
+    """The tool is not installed, or cannot build this recipe (the message says why). Nothing was started, and
+    the choice of tool is the user's input: the command exits 2."""
+    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from ..disk import DiskInfo
 from ..runner import run
 from . import BuildState, DiskTool
 from .packer import PLUGINS, Packer, hcl, run_packer
+from ..errors import Failure
 
 INSTALL = r"""#!/bin/bash
 # arch-boxes-style install rendered by diskimages from recipe {name}: runs in the Arch live system
@@ -74,7 +75,7 @@ class ArchBoxes(DiskTool):
         url = state.recipe.tool_options(self.name).get("iso_url") or \
             state.distro.installer_media(state.release, state.recipe.architecture)
         if not url:
-            raise RuntimeError("no Arch Linux ISO is known here: the host's osinfo database does not list it "
+            raise Failure("no Arch Linux ISO is known here: the host's osinfo database does not list it "
                                f"(allowed: tools.{self.name}.iso_url in the recipe)")
         return url, ("file:" + url.rsplit("/", 1)[0] + "/sha256sums.txt") if "://" in url else "none"
 

@@ -30,6 +30,7 @@ from ..disk import DiskInfo
 from ..distros import Distribution, Release
 from ..runner import run
 from . import BASE_OPTION, BuildState, DiskTool
+from ..errors import Failure
 
 
 BUILD_USER = "diskimages-build"
@@ -96,7 +97,7 @@ class Packer(DiskTool):
         url = state.recipe.tool_options(self.name).get("iso_url") or \
             state.distro.installer_media(state.release, state.recipe.architecture)
         if not url:
-            raise RuntimeError(f"no installer ISO for {state.distro.pretty_name} {state.release.version} is known "
+            raise Failure(f"no installer ISO for {state.distro.pretty_name} {state.release.version} is known "
                                f"here: the host's osinfo database does not list it (allowed: tools.{self.name}."
                                "iso_url in the recipe)")
         return url, _checksum_for(url)

@@ -29,6 +29,7 @@ from ..distros import Distribution, Release
 from ..hostfix import PrivateNamespace
 from ..paths import cache_dir
 from . import BASE_OPTION, BuildState, DiskTool, shell_command
+from ..errors import Failure
 
 
 REPOS_D = "/etc/virt-builder/repos.d"
@@ -232,4 +233,4 @@ def write_repo(directory: Path | str, images: Iterable[Path | str], *, expand: O
 def validate(index: Path) -> None:
     r = subprocess.run(["virt-index-validate", str(index)], capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"virt-index-validate refused {index}: {(r.stderr or r.stdout).strip()}")
+        raise Failure(f"virt-index-validate refused {index}: {(r.stderr or r.stdout).strip()}")

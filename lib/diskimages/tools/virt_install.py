@@ -25,6 +25,7 @@ from ..disk import DiskInfo
 from ..distros import Distribution, Release
 from ..runner import run
 from . import BASE_OPTION, BuildState, DiskTool, shell_command
+from ..errors import Failure
 
 MEMORY_MB = 2048
 INSTALLER_MEMORY_MB = 4096      # Subiquity's live session and Anaconda need more than the import path
@@ -96,7 +97,7 @@ class VirtInstall(DiskTool):
         found = d.install_tree(state.mirror, rel, arch) if d.installer == "kickstart" else \
             d.installer_media(rel, arch)
         if not found:
-            raise RuntimeError(f"no installer for {d.pretty_name} {rel.version} is known here: the host's osinfo "
+            raise Failure(f"no installer for {d.pretty_name} {rel.version} is known here: the host's osinfo "
                                f"database does not list it and no mirror was given (allowed: tools.{self.name}."
                                "location in the recipe, or --mirror)")
         return found
@@ -238,7 +239,7 @@ class VirtInstall(DiskTool):
                         self.argv(state, name, raw, user_data, serial, virt_type,
                                   vmbuild.osinfo_name(state.distro, state.release), state.libvirt.network))
         if not watch.ok:
-            raise RuntimeError(f"the build inside the VM failed (exit status {watch.failed or 'unknown'}; "
+            raise Failure(f"the build inside the VM failed (exit status {watch.failed or 'unknown'}; "
                                f"it did not report success):\n{watch.tail()}")
         vmbuild.sparsify(state, raw)
         return disk.raw_disk_info(raw, state.distro)
