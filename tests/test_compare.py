@@ -77,3 +77,16 @@ def test_package_differences_say_what_each_tool_adds_or_lacks(tmp_path):
                                                                                       "virt-install": "24.1"}
     summary = compare.package_summary(diff)
     assert summary.loc["virt-install", "has, others lack"] == 1 and summary.loc["mmdebstrap", "lacks"] == 1
+
+
+def test_pairs_with_records_lead_the_table_then_missing_then_refused(tmp_path):
+    """Over records collected from elsewhere (CI jobs), nothing is built, and the reader sees the recorded pairs
+    first, not a screenful of refusals."""
+    from pathlib import Path
+    records = Path(__file__).parent / "data" / "records"
+    df = compare.run(["arch-xfce", "debian-12-xfce"], ["mkosi", "debos", "mmdebstrap", "virt-install"], records,
+                     build_missing=False, progress=False)
+    assert list(df.outcome[:3]) == ["reused record"] * 3
+    assert sorted(df.tool[:3]) == ["debos", "mkosi", "mmdebstrap"]
+    ranks = [0 if o == "reused record" else 1 if o == "no record" else 2 for o in df.outcome]
+    assert ranks == sorted(ranks) and ranks[-1] == 2 and len(df) == 8

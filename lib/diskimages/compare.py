@@ -168,7 +168,9 @@ def run(recipes=None, tools=None, output_dir: Path | str = "build/compare", *, r
         bar.update(1)
     bar.close()
     df["outcome"] = outcomes
-    return df
+    # what was built or recorded first, then the pairs with no record, then the refusals with their reasons
+    rank = df["outcome"].map(lambda o: 2 if o.startswith("skipped") else 1 if o == "no record" else 0)
+    return df.iloc[rank.argsort(kind="stable")].reset_index(drop=True)
 
 
 def load(output_dir: Path | str):
