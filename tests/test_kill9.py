@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from diskimages import libvirt_host
+from diskimages import libvirt_host, scratch
 from diskimages.paths import cache_dir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,6 +83,9 @@ def assert_nothing_left(folder: Path, loops_before: str):
     assert mounts_under(folder) == []
     assert loops() == loops_before
     assert not [p for p in folder.rglob("*") if p.name.startswith(".work-") or p.name.endswith(".partial")]
+    # a root tree made in memory (scratch.py) goes too, with whatever ran in it
+    assert not list(scratch.MEMORY.glob("diskimages-tree-*")) and processes_mentioning("diskimages-tree-") == []
+    assert mounts_under(scratch.MEMORY / "diskimages-tree-") == []
     assert dead_owner_records() == []
     return gc.stdout
 

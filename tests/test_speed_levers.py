@@ -132,6 +132,47 @@ def test_cached_trees_roundtrip_and_a_damaged_entry_is_never_used(tmp_path, monk
         trees._entry("sha256:../../etc")
 
 
+def test_an_initramfs_is_reused_only_from_the_same_inputs(tmp_path, monkeypatch):
+    """The key of a cached initramfs follows what initramfs-tools reads (the keymap here) and the recipe's own
+    scripts, not the hostname; the cached copy comes back whole, a damaged one is deleted and not used, and
+    prune removes it with its checksum."""
+    import os
+    from diskimages import distros, trees
+    from diskimages.disk import initrd_key
+    from diskimages.reproducible import Seed
+    monkeypatch.setenv("DISKIMAGES_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "root"
+    (root / "etc/default").mkdir(parents=True)
+    (root / "etc/default/keyboard").write_text('XKBLAYOUT="us"\n')
+    (root / "etc/hostname").write_text("one\n")
+    r, d = load_checked("debian-13-minimal"), distros.get("debian")
+    tree, seed = "sha256:" + "c3" * 32, Seed("sha256:" + "d4" * 32, 1795542068, "test")
+    first = initrd_key(r, d, root, "6.12", tree, seed)
+    (root / "etc/hostname").write_text("two\n")
+    assert initrd_key(r, d, root, "6.12", tree, seed) == first
+    assert initrd_key(r, d, root, "6.13", tree, seed) != first
+    assert initrd_key(r, d, root, "6.12", None, seed) is None              # not an incremental build
+    scripted = r.model_copy(update={"scripts": ["scripts/customize.sh"]})
+    assert initrd_key(scripted, d, root, "6.12", tree, seed) != first
+    (root / "etc/default/keyboard").write_text('XKBLAYOUT="de"\n')
+    assert initrd_key(r, d, root, "6.12", tree, seed) != first
+
+    made = tmp_path / "initrd.img"
+    made.write_bytes(os.urandom(1 << 16))
+    assert not trees.restore_file(first, "initrd", tmp_path / "x")
+    trees.save_file(first, "initrd", made)
+    assert trees.restore_file(first, "initrd", tmp_path / "back") and (tmp_path / "back").read_bytes() == \
+        made.read_bytes()
+    data, sums = trees._file_entry(first, "initrd")
+    data.write_bytes(b"damaged")
+    assert not trees.restore_file(first, "initrd", tmp_path / "again")
+    assert not data.exists() and not sums.exists() and not (tmp_path / "again").exists()
+    trees.save_file(first, "initrd", made)
+    gone = trees.prune(max_bytes=0)
+    assert gone == [f"removed cached initrd {data.name} (over the size limit)"]
+    assert not list(data.parent.iterdir())
+
+
 def test_cluster_size_is_a_recipe_choice_checked_by_qemu_img(tmp_path, capsys):
     import json as _json
     import os

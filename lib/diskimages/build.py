@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from . import customize, disk, distros, measure, reaper
+from . import customize, disk, distros, measure, reaper, scratch
 from .chroot import mounts_under
 from .progress import Progress
 from .recipe import Recipe, RecipeError
@@ -278,6 +278,8 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
         state.tree_key = key_info.get("tree_key")
         state.incremental = "no tree key: " + key_info.get("content_key_missing", t.no_incremental) \
             if state.tree_key is None else "on"
+    tree_base, state.scratch = scratch.choose(recipe.disk.size_bytes) if t.produces == "rootfs" else \
+        (None, f"{t.name} makes the whole disk in its own work space")
     check_mirror(state)
     reaper.reap(say=True)
     log.write_text("")
@@ -287,7 +289,8 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
         try:
             work.mkdir()
             raw = work / "disk.raw"
-            with _services(t, state):
+            with (reaper.temp_dir(f"diskimages-tree-{recipe.name}.{t.name}-", tree_base) if tree_base
+                  else contextlib.nullcontext(None)) as state.tree_home, _services(t, state):
                 info = t.execute(state, raw)
             allocated = measure.allocated_bytes(raw)
             _count_downloads(state, log)
@@ -334,7 +337,7 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
         **(state.reproducible or {"reproducible": False,
                                   "reproducible_why": f"{t.name} makes the whole disk itself"}),
         **({"content_differs": "; ".join(state.content_differs)} if state.content_differs else {}),
-        "incremental": state.incremental,
+        "incremental": state.incremental, "scratch": state.scratch,
         "image_mtime_ns": final.stat().st_mtime_ns,
         "base": state.base.as_record() if state.base else None, "sparsified": state.sparsified,
         "autologin_uid": recipe.user_uid(recipe.autologin) if recipe.autologin else None,

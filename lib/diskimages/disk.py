@@ -11,6 +11,7 @@ kernels without vfat, partition parsers or device-mapper):
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from . import distros, reproducible, runner
+from . import distros, reproducible, runner, trees
 from .chroot import chroot_run
 from .distros import Distribution
 from .recipe import Recipe
@@ -73,13 +74,36 @@ class Layout:
         return next((p for p in self.partitions if p.name == name), None)
 
 
+def initrd_key(recipe: Recipe, distro: Distribution, rootfs: Path, kver: str, tree_key: Optional[str],
+               seed: Optional[Seed]) -> Optional[str]:
+    """What an initramfs is made from: the tree's packages (its incremental key), the kernel, the date it
+    carries, the distribution's initramfs configuration as customised, and the recipe's own files and scripts.
+    None where nothing can be reused (no tree key, or the distribution does not say what its generator reads)."""
+    inputs = distro.initrd_inputs_digest(rootfs) if tree_key else None
+    if inputs is None:
+        return None
+    from . import __version__
+    return "sha256:" + hashlib.sha256(json.dumps([tree_key, kver, seed.epoch if seed else None, inputs,
+                                                  recipe.overlay_digest(), __version__]).encode()).hexdigest()
+
+
 def ensure_initrd(distro: Distribution, rootfs: Path, kver: str, log: Optional[Path] = None,
-                  seed: Optional[Seed] = None) -> None:
-    """Some tools (mkosi's directory output) leave no initrd: generate it inside the image (reproducibly when
-    seeded: the initramfs tools honour SOURCE_DATE_EPOCH)."""
-    if not (rootfs / distro.initrd_file(kver)).exists():
-        chroot_run(rootfs, distro.initrd_command(kver), log=log,
-                   env={**distro.chroot_env(), **(seed.env() if seed else {})})
+                  seed: Optional[Seed] = None, reuse_key: Optional[str] = None) -> None:
+    """Make the initramfs inside the image when the tool left none (the native path holds it back until
+    customisation is done; mkosi's directory output has none), reproducibly when seeded (the initramfs tools
+    honour SOURCE_DATE_EPOCH). With `reuse_key` (an incremental rebuild), the one made last time from the same
+    inputs is copied instead: a changed hostname or user does not make it again."""
+    target = rootfs / distro.initrd_file(kver)
+    if target.exists():
+        return
+    if reuse_key and trees.restore_file(reuse_key, "initrd", target):
+        runner.note(log, f"initramfs reused: made before from the same packages, kernel, date and configuration "
+                         f"({target.stat().st_size >> 20} MiB)")
+        return
+    chroot_run(rootfs, distro.initrd_command(kver), log=log,
+               env={**distro.chroot_env(), **(seed.env() if seed else {})})
+    if reuse_key and target.is_file():
+        trees.save_file(reuse_key, "initrd", target)
 
 
 def grub_cfg(recipe: Recipe, layout: Layout, kver: str, rootfs: Path, distro: Distribution) -> str:
@@ -122,10 +146,10 @@ def plan_layout(recipe: Recipe, seed: Optional[Seed] = None) -> Layout:
 
 
 def prepare_tree(recipe: Recipe, rootfs: Path, layout: Layout, distro: Distribution,
-                 log: Optional[Path] = None, seed: Optional[Seed] = None) -> str:
+                 log: Optional[Path] = None, seed: Optional[Seed] = None, tree_key: Optional[str] = None) -> str:
     """Boot configuration inside the tree: fstab, /etc/default/grub, /boot/grub/grub.cfg and GRUB's modules."""
     kver = distro.kernel_version(rootfs)
-    ensure_initrd(distro, rootfs, kver, log, seed)
+    ensure_initrd(distro, rootfs, kver, log, seed, initrd_key(recipe, distro, rootfs, kver, tree_key, seed))
     fstab = [f"UUID={layout.root_uuid} / ext4 errors=remount-ro 0 1"]
     if layout.get("esp"):
         (rootfs / "boot/efi").mkdir(parents=True, exist_ok=True)
@@ -247,12 +271,13 @@ def embed_grub_bios(raw: Path, core_img: Path, boot_img: Path, part: Partition) 
 
 
 def assemble(recipe: Recipe, rootfs: Path, raw: Path, work: Path, log: Optional[Path] = None,
-             seed: Optional[Seed] = None) -> Layout:
+             seed: Optional[Seed] = None, tree_key: Optional[str] = None) -> Layout:
     """Write a bootable raw disk image of `rootfs` to `raw` (created sparse). `seed`: bit-identical for the same
-    tree and seed (see reproducible.py)."""
+    tree and seed (see reproducible.py). `tree_key`: the incremental key of the tree's package phase (the
+    initramfs made from the same inputs is reused)."""
     distro, _ = distros.for_recipe(recipe)
     layout = plan_layout(recipe, seed)
-    prepare_tree(recipe, rootfs, layout, distro, log, seed)
+    prepare_tree(recipe, rootfs, layout, distro, log, seed, tree_key)
     images = make_grub_images(recipe, rootfs, layout, work, distro, log)
     when = seed.env() if seed else {}
     if seed:

@@ -274,13 +274,22 @@ class Recipe(_Strict):
     def digest(self) -> str:
         """sha256 over the recipe's data and the content of its overlay files and scripts."""
         h = hashlib.sha256(json.dumps(self.as_data(), sort_keys=True).encode())
+        self._hash_overlay(h)
+        return "sha256:" + h.hexdigest()
+
+    def overlay_digest(self) -> str:
+        """sha256 over what the recipe's scripts and overlay files are (which may change anything in the tree)."""
+        h = hashlib.sha256(json.dumps([self.scripts, self.files]).encode())
+        self._hash_overlay(h)
+        return "sha256:" + h.hexdigest()
+
+    def _hash_overlay(self, h) -> None:
         paths: list[Path] = list(self.script_paths)
         if self.files_dir and self.files_dir.is_dir():
             paths += sorted(p for p in self.files_dir.rglob("*") if p.is_file() or p.is_symlink())
         for p in paths:
             h.update(str(p.relative_to(self.base_dir)).encode())
             h.update(os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
-        return "sha256:" + h.hexdigest()
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -106,6 +106,10 @@ def run(cmd: Sequence[str], *, log: Optional[Path] = None, on_line: Optional[Cal
                 if on_line and line.strip():
                     on_line(line)
             proc.wait()
+            if logf:
+                # every command's time in the log, so a slow step is found by reading it
+                logf.write(f"diskimages: {os.path.basename(cmd[0])} exited {proc.returncode} after "
+                           f"{time.monotonic() - started:.2f} s\n".encode())
         except BaseException:
             _stop_group(proc)
             raise

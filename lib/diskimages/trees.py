@@ -9,8 +9,10 @@ is built again, never used. `prune` keeps the cache within an age and a size (`p
 """
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -48,12 +50,24 @@ def restore(key: str, rootfs: Path, *, log: Optional[Path] = None) -> Optional[s
     if not tarball.is_file() or not sums.is_file():
         return None
     t0 = time.monotonic()
-    if sums.read_text().strip() != _sha256(tarball):
+    rootfs.mkdir(parents=True, exist_ok=True)
+    # the checksum is taken while tar unpacks (a second core): a damaged entry is found all the same, and
+    # what it unpacked is removed before anything uses it
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        digest = pool.submit(_sha256, tarball)
+        try:
+            runner.run(["tar", "-C", rootfs, *TAR_KEEP, "-I", "zstd -T0", "-xf", tarball], log=log)
+            failed = None
+        except runner.CommandError as e:
+            failed = e
+        good = sums.read_text().strip() == digest.result()
+    if not good:
+        shutil.rmtree(rootfs, ignore_errors=True)
         tarball.unlink(missing_ok=True)
         sums.unlink(missing_ok=True)
         return None
-    rootfs.mkdir(parents=True, exist_ok=True)
-    runner.run(["tar", "-C", rootfs, *TAR_KEEP, "-I", "zstd -T0", "-xf", tarball], log=log)
+    if failed:
+        raise failed
     os.utime(tarball)                       # recently used: pruned last
     return f"restored the package phase's tree ({tarball.stat().st_size >> 20} MiB) in " \
            f"{time.monotonic() - t0:.1f} s"
@@ -73,12 +87,59 @@ def save(key: str, rootfs: Path, *, log: Optional[Path] = None) -> str:
     return f"kept the package phase's tree ({tarball.stat().st_size >> 20} MiB, {time.monotonic() - t0:.1f} s)"
 
 
+def _file_entry(key: str, kind: str) -> tuple[Path, Path]:
+    name = key.split(":", 1)[-1][:64]
+    if not name.isalnum() or not kind.isalnum():
+        raise InputError(f"not a cache key: {key[:80]!r}")
+    d = cache_dir("trees")
+    return d / f"{name}.{kind}", d / f"{name}.{kind}.sha256"
+
+
+def restore_file(key: str, kind: str, dest: Path) -> bool:
+    """Copy the file cached as `kind` under `key` to `dest` (written under a temporary name, then renamed);
+    False when there is no usable entry (none, or one that failed its checksum: deleted)."""
+    data, sums = _file_entry(key, kind)
+    if not data.is_file() or not sums.is_file():
+        return False
+    blob = data.read_bytes()
+    if sums.read_text().strip() != hashlib.sha256(blob).hexdigest():
+        data.unlink(missing_ok=True)
+        sums.unlink(missing_ok=True)
+        return False
+    part = dest.with_name(f".{dest.name}.partial")
+    part.write_bytes(blob)
+    part.chmod(0o644)
+    os.replace(part, dest)
+    os.utime(data)
+    return True
+
+
+def save_file(key: str, kind: str, src: Path) -> None:
+    """Keep `src` as the `kind` file of `key` (under a temporary name until complete and checksummed)."""
+    data, sums = _file_entry(key, kind)
+    part = data.with_name(f".{data.name}-{os.getpid()}.partial")
+    part_sums = sums.with_name(f".{sums.name}-{os.getpid()}.partial")
+    with reaper.temp_files(part, part_sums, what="unfinished cached file"):
+        blob = src.read_bytes()
+        part.write_bytes(blob)
+        part_sums.write_text(hashlib.sha256(blob).hexdigest() + "\n")
+        os.replace(part, data)
+        os.replace(part_sums, sums)
+
+
+def _data_of(sums: Path) -> Path:
+    """The entry a checksum file belongs to: `KEY.sha256` is a tree's, `KEY.KIND.sha256` a file's."""
+    stem = sums.name[:-len(".sha256")]
+    return sums.with_name(stem if "." in stem else f"{stem}.tar.zst")
+
+
 def prune(max_age_days: float = MAX_AGE_DAYS, max_bytes: int = MAX_BYTES) -> list[str]:
     """Delete entries unused for `max_age_days`, then the least recently used until the cache is within
     `max_bytes`, and any checksum without its tarball. Returns what was deleted."""
     d = cache_dir("trees")
     gone = []
-    entries = sorted((p for p in d.glob("*.tar.zst")), key=lambda p: p.stat().st_mtime)
+    entries = sorted((p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")
+                      and not p.name.endswith(".sha256")), key=lambda p: p.stat().st_mtime)
     now = time.time()
     total = sum(p.stat().st_size for p in entries)
     for p in entries:
@@ -86,9 +147,12 @@ def prune(max_age_days: float = MAX_AGE_DAYS, max_bytes: int = MAX_BYTES) -> lis
         if old or total > max_bytes:
             total -= p.stat().st_size
             p.unlink(missing_ok=True)
-            p.with_name(p.name.replace(".tar.zst", ".sha256")).unlink(missing_ok=True)
-            gone.append(f"removed cached tree {p.name} ({'unused for ' + str(max_age_days) + ' days' if old else 'over the size limit'})")
+            tree = p.name.endswith(".tar.zst")
+            p.with_name(p.name.replace(".tar.zst", ".sha256") if tree else p.name + ".sha256").unlink(
+                missing_ok=True)
+            gone.append(f"removed cached {'tree' if tree else p.name.rsplit('.', 1)[-1]} {p.name} "
+                        f"({'unused for ' + str(max_age_days) + ' days' if old else 'over the size limit'})")
     for s in d.glob("*.sha256"):
-        if not s.with_name(s.name.replace(".sha256", ".tar.zst")).exists():
+        if not _data_of(s).exists():
             s.unlink(missing_ok=True)
     return gone

@@ -13,7 +13,9 @@ Adding a distribution is one module here (or anywhere, imported before use): sub
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
+import os
 import pkgutil
 import re
 from dataclasses import dataclass
@@ -297,6 +299,32 @@ class Distribution:
 
     def initrd_command(self, kver: str) -> list[str]:
         return ["dracut", "--force", "--kver", kver]
+
+    #: what the initramfs generator reads beyond the packages (configuration a recipe may change), relative to
+    #: the root; an incremental rebuild reuses the last initramfs only when these (and the packages, the
+    #: kernel, the date and the recipe's files and scripts) are the same. Empty: never reused.
+    initrd_inputs: ClassVar[tuple[str, ...]] = ()
+
+    def initrd_inputs_digest(self, rootfs: Path) -> Optional[str]:
+        """A digest of `initrd_inputs` as they are in the tree (names, modes, contents, link targets); None when
+        the distribution does not list them."""
+        if not self.initrd_inputs:
+            return None
+        h = hashlib.sha256()
+        for rel in self.initrd_inputs:
+            top = rootfs / rel
+            paths = sorted([top, *top.rglob("*")] if top.is_dir() and not top.is_symlink() else [top])
+            for p in paths:
+                h.update(str(p.relative_to(rootfs)).encode() + b"\0")
+                if p.is_symlink():
+                    h.update(b"L" + os.readlink(p).encode())
+                elif p.is_file():
+                    h.update(b"F%o" % p.stat().st_mode + hashlib.sha256(p.read_bytes()).digest())
+                elif p.exists():
+                    h.update(b"D%o" % p.stat().st_mode)
+                else:
+                    h.update(b"-")
+        return h.hexdigest()
 
     # -- boot loader
     def boot_targets(self, arch: str) -> list[BootTarget]:

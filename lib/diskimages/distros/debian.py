@@ -348,6 +348,14 @@ class Debian(Distribution):
     def initrd_command(self, kver: str) -> list[str]:
         return ["update-initramfs", "-c", "-k", kver]
 
+    # initramfs-tools' configuration and what its hooks copy from /etc: the keymap (console-setup), module
+    # options, udev rules, crypto/RAID/LVM set-up, the linker cache copy_exec follows. The fstab is left out:
+    # the fsck hook takes only the file system type from it, and diskimages writes the same types every time.
+    initrd_inputs = ("etc/initramfs-tools", "etc/modprobe.d", "etc/modules", "etc/modules-load.d",
+                     "etc/default/keyboard", "etc/default/console-setup", "etc/console-setup", "etc/udev",
+                     "etc/crypttab", "etc/cryptsetup-initramfs", "etc/lvm", "etc/mdadm", "etc/dropbear",
+                     "etc/plymouth", "etc/ld.so.conf", "etc/ld.so.conf.d", "etc/ld.so.cache", "etc/kernel-img.conf")
+
     # -- customisation steps
     def locale_step(self, recipe: Recipe) -> str:
         return self.locale_gen_step(recipe) + write_file("/etc/default/locale", f"LANG={recipe.locale}")

@@ -86,6 +86,9 @@ class BuildState:
     reproducible: dict = field(default_factory=dict)
     #: how this tool's image differs in content from what the recipe gives the others (the comparison says so)
     content_differs: list[str] = field(default_factory=list)
+    #: where a rootfs tool makes its tree (None: the work folder), and what the record says about it
+    tree_home: Optional[Path] = None
+    scratch: str = ""
 
     def workaround(self, *what: str) -> None:
         self.host_workarounds += [w for w in what if w not in self.host_workarounds]
@@ -317,7 +320,7 @@ class RootfsTool(Tool):
         return ("bootstrap", "assemble") if self.applies_recipe else ("bootstrap", "customize", "assemble")
 
     def execute(self, state: BuildState, raw: Path) -> DiskInfo:
-        rootfs = state.work / "rootfs"
+        rootfs = (state.tree_home or state.work) / "rootfs"
         with state.phase("bootstrap"):
             restored = trees.restore(state.tree_key, rootfs, log=state.log) if state.tree_key else None
             if restored:
@@ -333,7 +336,8 @@ class RootfsTool(Tool):
         rootfs_bytes = measure.tree_bytes(rootfs)
         with state.phase("assemble"):
             seed = self.seed(state, rootfs)
-            layout = disk.assemble(state.recipe, rootfs, raw, state.work, log=state.log, seed=seed)
+            layout = disk.assemble(state.recipe, rootfs, raw, state.work, log=state.log, seed=seed,
+                                   tree_key=state.tree_key)
             kernel = state.distro.kernel_version(rootfs)
             shutil.rmtree(rootfs)  # free the space before the compressed copy is written
         return DiskInfo(root_uuid=layout.root_uuid, kernel=kernel, packages=packages, rootfs_bytes=rootfs_bytes)

@@ -136,10 +136,13 @@ class Mkosi(RootfsTool):
 
     def bootstrap(self, state: BuildState, rootfs: Path) -> None:
         conf = self.write_config(state, state.work / "mkosi")
-        out = state.work / "mkosi-output"
+        # the tree is made where diskimages keeps it (in memory when there is room: scratch.py), so mkosi's
+        # workspace and output are there too and the tree is renamed into place, not copied
+        out = rootfs.parent / "mkosi-output"
         out.mkdir()
         with self.package_cache(state) as cache, PrivateNamespace(state.work / "hostfix", nspawn=True) as ns:
-            argv = ["mkosi", "--force", "--cache", str(cache), "--output", str(out / "image")]
+            argv = ["mkosi", "--force", "--cache", str(cache), "--workspace-dir", str(rootfs.parent),
+                    "--output", str(out / "image")]
             state.workaround(*ns.applied)
             if not systemd_is_init():
                 # nspawn would ask systemd (over the system bus) for a scope unit
