@@ -298,8 +298,9 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
             if resolved and sbom.get("manifest") and t.installs_as_resolved:
                 _check_resolution(resolved, work / "manifest.spdx.json", state)
             with phase(COMPRESS):
-                disk.convert(raw, partial, recipe.output.format, recipe.output.compression, log=log,
-                             cluster_size=recipe.output.cluster_size)
+                compressed_by = disk.convert(raw, partial, recipe.output.format, recipe.output.compression,
+                                             log=log, cluster_size=recipe.output.cluster_size,
+                                             level=recipe.output.level)
                 subprocess.run(["qemu-img", "check", "-q", str(partial)], check=recipe.output.format == "qcow2",
                                capture_output=True)
                 sha = measure.sha256_file(partial)
@@ -332,6 +333,8 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
         "file_bytes": final.stat().st_size, "sha256": sha,
         "image": final.name, "format": recipe.output.format, "compression": recipe.output.compression,
         "cluster_size": recipe.output.cluster_size if recipe.output.format == "qcow2" else None,
+        "compression_level": recipe.output.level if recipe.output.compression == "zstd" else None,
+        "compressed_by": compressed_by,
         "firmware": recipe.disk.firmware, "lean": recipe.lean, "kernel": info.kernel, "root_uuid": info.root_uuid,
         "host_workarounds": state.host_workarounds, **sbom, **key_info, "reused": False,
         **(state.reproducible or {"reproducible": False,
