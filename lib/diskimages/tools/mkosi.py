@@ -44,12 +44,11 @@ class Mkosi(RootfsTool):
     program = "mkosi"
     packages = ("mkosi",)
     applies_recipe = True
-    # mkosi 14's own --incremental keeps the tree after its package phase, but on a cached tree it skips
-    # configure_hostname, configure_locale and configure_autologin (each returns early when `cached`): a recipe
-    # that changed only those would get the cached values. So it is not used, and the record says why.
-    no_incremental = ("mkosi 14's --incremental is not used: on a cached tree it skips Hostname=, the locale and "
-                      "autologin (configure_hostname and the others return early), so the changed fields would "
-                      "keep the cached values")
+    # mkosi 14's own --incremental keeps the tree after its package phase as a cache image beside its output
+    # (IMAGE_ID.cache-pre-inst in the output folder); on a cached tree it skips configure_hostname, _locale and
+    # _autologin, which mkosi.postinst (customize.sh) applies again anyway.
+    no_incremental = ("mkosi 14's own --incremental is not wired up here: its cache images live in its output "
+                      "folder, which diskimages removes after each build")
     description = "systemd's image builder: tree by mkosi (mkosi.conf, mkosi.extra, mkosi.postinst), " \
                   "made bootable by diskimages"
     options = {"with_docs": ("true or false", lambda v: isinstance(v, bool))}
