@@ -21,6 +21,8 @@ import os
 import struct
 from pathlib import Path
 
+from .errors import Failure, InputError
+
 MAGIC = b"QFI\xfb"
 COPIED = 1 << 63
 COMPRESSED = 1 << 62
@@ -69,7 +71,7 @@ def write(raw: Path, out: Path, *, cluster_size: int = 65536, level: int = 3, th
     csize = cluster_size
     bits = csize.bit_length() - 1
     if csize != 1 << bits or not 512 <= csize <= 2 << 20:
-        raise ValueError(f"cluster size {csize} is not a power of two from 512 to 2M")
+        raise InputError(f"cluster size {csize} is not allowed (allowed: a power of two from 512 to 2M)")
     csize_shift = 62 - (bits - 8)
     virtual = raw.stat().st_size
     l2_entries = csize // 8
@@ -142,7 +144,7 @@ def write(raw: Path, out: Path, *, cluster_size: int = 65536, level: int = 3, th
             counts = [0] * (blocks * per_block)
             for c, n in refs.items():
                 if n > 0xFFFF:
-                    raise ValueError(f"host cluster {c} has {n} references (more than 16-bit refcounts hold)")
+                    raise Failure(f"host cluster {c} has {n} references (more than 16-bit refcounts hold)")
                 counts[c] = n
             f.seek(table_at * csize)
             f.write(struct.pack(f">{blocks}Q", *[(first + table + b) * csize for b in range(blocks)]))
