@@ -26,7 +26,7 @@ import pandas as pd
 from diskimages import compare
 from diskimages.boot import boot_check
 from diskimages.build import attach_boot, build
-from diskimages.tools import get_tool, load_checked, names
+from diskimages.tools import get_tool, load_checked, names, new_state
 
 REPO = Path(__file__).resolve().parent.parent
 CACHED = ("mmdebstrap", "mkosi")      # the tools that keep a package cache (warmed before measuring)
@@ -82,8 +82,9 @@ def main() -> int:
     ap.add_argument("--lean", action="store_true",
                     help="also build each recipe's lean variant (lean: true; named RECIPE-lean) with the same tools")
     ap.add_argument("--incremental", action="store_true",
-                    help="also measure mmdebstrap's rebuilds: full (keeping the package phase's tree), then with a "
-                         "changed hostname (the tree restored), then unchanged (no-op: the content key matches)")
+                    help="also measure the incremental rebuilds of each tool that has them (mmdebstrap, mkosi): "
+                         "full (keeping the package phase's tree), then with a changed hostname (the tree "
+                         "restored), then unchanged (no-op: the content key matches)")
     ap.add_argument("--download-format", action="append", default=[], metavar="RECIPE",
                     help="also make the download format (raw.zst, zstd -19 --long) of this recipe's native image")
     ap.add_argument("--repeat", type=int, default=1, metavar="N",
@@ -93,6 +94,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     warm_dir = out.parent / f"{out.name}-warmup"
     uefi_rows = []
+    tools_of = {}
     for spec in args.recipe or ["debian-13-xfce"]:
         rname, _, only = spec.partition(":")
         recipe = load_checked(rname)
@@ -103,6 +105,7 @@ def main() -> int:
                 print(f"skipped {name} for {recipe.name}: {reason}", file=sys.stderr)
             else:
                 tools.append(name)
+        tools_of[recipe.name] = tools
         variants = [recipe] + ([recipe.model_copy(update={"lean": True, "name": f"{recipe.name}-lean"})]
                                if args.lean else [])
         if not args.no_warmup:
@@ -150,19 +153,23 @@ def main() -> int:
         print(pd.DataFrame(dl_rows).to_string(index=False))
     if args.incremental:
         rows = []
-        for spec in args.recipe or ["debian-13-xfce"]:
-            recipe = load_checked(spec.partition(":")[0])
+        for rname, tools in tools_of.items():
+            recipe = load_checked(rname)
             changed = recipe.model_copy(update={"hostname": "changed-host"})
             inc = out.parent / f"{out.name}-incremental"
-            for what, r, kw in (("full, tree kept", recipe, {"rebuild": True}),
-                                ("hostname changed", changed, {"rebuild": True}),
-                                ("unchanged (no-op)", changed, {})):
-                t0 = time.monotonic()
-                res = build(r, "mmdebstrap", inc, progress=False, incremental=True, **kw)
-                rows.append({"recipe": recipe.name, "build": what, "seconds": round(time.monotonic() - t0, 1),
-                             "incremental": res.record.get("incremental", "")[:70],
-                             "reused": res.record.get("reused")})
-        print("\nmmdebstrap rebuilds (wall seconds, the whole build call)\n")
+            for name in tools:
+                if get_tool(name).tree_config(new_state(recipe, inc, inc / "log")) is None:
+                    continue                    # no tree after a package phase to keep (a disk tool)
+                for what, r, kw in (("full, tree kept", recipe, {"rebuild": True}),
+                                    ("hostname changed", changed, {"rebuild": True}),
+                                    ("unchanged (no-op)", changed, {})):
+                    t0 = time.monotonic()
+                    res = build(r, name, inc, progress=False, incremental=True, **kw)
+                    rows.append({"recipe": recipe.name, "tool": name, "build": what,
+                                 "seconds": round(time.monotonic() - t0, 1),
+                                 "incremental": res.record.get("incremental", "")[:70],
+                                 "reused": res.record.get("reused")})
+        print("\nincremental rebuilds (wall seconds, the whole build call)\n")
         print(pd.DataFrame(rows).to_string(index=False))
     df = compare.load(out)
     for rname in dict.fromkeys(df["recipe"]):

@@ -143,8 +143,13 @@ def test_two_builds_of_the_same_recipe_are_bit_identical(minimal_build, tmp_path
     from diskimages.inspect import why_images_differ
     rec = minimal_build.record
     assert rec["reproducible"] is True and rec["source_date_epoch_from"] == "newest file the packages ship"
+    from diskimages.paths import cache_dir
+    for kept in cache_dir("trees").glob("*.initrd*"):
+        kept.unlink()                   # the initramfs is made again too, not copied from the first build
+    assert rec["initrd"].startswith("made in")
     again = build("debian-12-minimal", "mmdebstrap", tmp_path, progress=False, rebuild=True)
     assert again.record["content_key"] == rec["content_key"] and again.record["reused"] is False
+    assert again.record["initrd"].startswith("made in"), again.record["initrd"]
     if again.record["sha256"] != rec["sha256"]:
         pytest.fail("two builds differ: " + why_images_differ(minimal_build.image, again.image), pytrace=False)
     raws = []
@@ -264,6 +269,7 @@ def test_incremental_rebuild_restores_the_package_phase_and_a_damaged_cache_is_r
     assert inc.record["phases"]["bootstrap"]["wall_s"] < full.record["phases"]["bootstrap"]["wall_s"] / 2
     assert inc.record["manifest_packages"] == full.record["manifest_packages"]
     assert inc.record["content_key"] != full.record["content_key"]
+    assert inc.record["initrd"].startswith("reused"), inc.record["initrd"]
     with ImageReader(inc.image) as r:
         assert r.read("/etc/hostname").strip() == "changed-host"
     tarball, _ = trees._entry(info["tree_key"])

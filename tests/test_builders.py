@@ -201,3 +201,32 @@ def test_each_tool_keeps_its_own_package_cache_out_of_every_image(tmp_path, monk
     with ImageReader(mm.image) as r:
         assert set(r.listdir("/var/cache/apt/archives")) <= {"partial", "lock"}
     assert mm.record["file_bytes"] < 400 << 20
+
+
+@pytest.mark.build
+def test_mkosi_incremental_uses_its_own_cache_image_and_the_recipe_still_applies(tmp_path):
+    """mkosi's own --incremental: the first build keeps mkosi's cache image (its tree after the package phase);
+    a recipe that changes only the hostname brings it back, mkosi skips its package phase, and mkosi.postinst
+    still applies the new hostname. Without the stand-in for mkosi 14's missing cache-pre-dev file, mkosi would
+    make the cache image again (the package phase) on every run."""
+    from diskimages import trees
+    from diskimages.build import content_key
+    _need("mkosi")
+    recipe = load_checked("debian-12-minimal")
+    _, info = content_key(recipe, get_tool("mkosi"))
+    changed = recipe.model_copy(update={"hostname": "mkosi-changed"})
+    assert content_key(changed, get_tool("mkosi"))[1]["tree_key"] == info["tree_key"]
+    for p in trees._entry(info["tree_key"]):
+        p.unlink(missing_ok=True)
+    full = build(recipe, "mkosi", tmp_path / "a", progress=False, incremental=True)
+    assert full.record["incremental"].startswith("mkosi --incremental: kept"), full.record["incremental"]
+    inc = build(changed, "mkosi", tmp_path / "b", progress=False, incremental=True)
+    assert inc.record["incremental"].startswith("mkosi --incremental: restored"), inc.record["incremental"]
+    log = inc.log.read_text()
+    assert "Copying in cached tree" in log and "Installing Debian" not in log
+    assert inc.record["phases"]["bootstrap"]["wall_s"] < full.record["phases"]["bootstrap"]["wall_s"] * 0.75
+    assert inc.record["manifest_packages"] == full.record["manifest_packages"]
+    assert inc.record["initrd"].startswith("reused"), inc.record["initrd"]
+    with ImageReader(inc.image) as r:
+        assert r.read("/etc/hostname").strip() == "mkosi-changed"
+        assert "mkosi-changed" in r.read("/etc/hosts")

@@ -151,7 +151,7 @@ def test_an_initramfs_is_reused_only_from_the_same_inputs(tmp_path, monkeypatch)
     (root / "etc/hostname").write_text("two\n")
     assert initrd_key(r, d, root, "6.12", tree, seed) == first
     assert initrd_key(r, d, root, "6.13", tree, seed) != first
-    assert initrd_key(r, d, root, "6.12", None, seed) is None              # not an incremental build
+    assert initrd_key(r, d, root, "6.12", None, seed) is None              # package cache off: no key
     scripted = r.model_copy(update={"scripts": ["scripts/customize.sh"]})
     assert initrd_key(scripted, d, root, "6.12", tree, seed) != first
     (root / "etc/default/keyboard").write_text('XKBLAYOUT="de"\n')
@@ -198,3 +198,25 @@ def test_cluster_size_is_a_recipe_choice_checked_by_qemu_img(tmp_path, capsys):
     assert cli_main(["validate", str(p)]) == 2
     err = capsys.readouterr().err
     assert f"{p}: output.cluster_size:" in err and "'64K'" in err and "'2M'" in err, err
+
+
+def test_ensure_initrd_copies_a_kept_initramfs_instead_of_running_the_generator(tmp_path, monkeypatch):
+    """With a key whose initramfs is kept, assembly copies it into the tree and says so (the generator is not
+    run: the tree here has none, and a chroot into it would fail); without one it runs the generator."""
+    import os
+    from diskimages import distros, runner, trees
+    from diskimages.disk import ensure_initrd
+    monkeypatch.setenv("DISKIMAGES_CACHE", str(tmp_path / "cache"))
+    d, key = distros.get("debian"), "sha256:" + "e5" * 32
+    root = tmp_path / "root"
+    (root / "boot").mkdir(parents=True)
+    made = tmp_path / "initrd.img"
+    made.write_bytes(os.urandom(1 << 16))
+    trees.save_file(key, "initrd", made)
+    how = ensure_initrd(d, root, "6.12.1-amd64", reuse_key=key)
+    assert how.startswith("reused: made before from the same packages")
+    assert (root / d.initrd_file("6.12.1-amd64")).read_bytes() == made.read_bytes()
+    assert ensure_initrd(d, root, "6.12.1-amd64", reuse_key=key) == "left by the tool"
+    with __import__("pytest").raises(runner.CommandError):
+        ensure_initrd(d, root, "6.12.2-amd64", reuse_key="sha256:" + "f6" * 32)   # no entry: the generator runs
+

@@ -274,6 +274,8 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
     if key is None:
         state.reproducible = {"reproducible": False, "reproducible_why": "no content key: " +
                               key_info.get("content_key_missing", "")}
+    if use_cache:
+        state.package_key = key_info.get("tree_key")
     if incremental:
         state.tree_key = key_info.get("tree_key")
         state.incremental = "no tree key: " + key_info.get("content_key_missing", t.no_incremental) \
@@ -340,7 +342,7 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
         **(state.reproducible or {"reproducible": False,
                                   "reproducible_why": f"{t.name} makes the whole disk itself"}),
         **({"content_differs": "; ".join(state.content_differs)} if state.content_differs else {}),
-        "incremental": state.incremental, "scratch": state.scratch,
+        "incremental": state.incremental, "scratch": state.scratch, "initrd": state.initrd or None,
         "image_mtime_ns": final.stat().st_mtime_ns,
         "base": state.base.as_record() if state.base else None, "sparsified": state.sparsified,
         "autologin_uid": recipe.user_uid(recipe.autologin) if recipe.autologin else None,

@@ -359,7 +359,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--incremental", action="store_true",
                    help="keep the tree after the package phase (a zstd tarball in ~/.cache/diskimages/trees) and "
                         "restore it when only users, files, hostname, scripts, services, locale, disk or output "
-                        "changed (mmdebstrap)")
+                        "changed (mmdebstrap; mkosi through its own --incremental)")
     p.add_argument("--reuse-from", type=_repository, metavar="HOST/REPO",
                    help="pull the image published there with the same content key instead of building it (every "
                         "push tags it ck-KEY); build when there is none")

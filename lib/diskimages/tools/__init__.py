@@ -80,6 +80,10 @@ class BuildState:
     #: incremental rebuilds: the key of the tree after the package phase (None: off), and what happened to it
     tree_key: Optional[str] = None
     incremental: str = "off"
+    #: the key of the tree after the package phase whether or not the tree is kept: what by-products of that
+    #: tree (the initramfs) are cached under when caching is on (None: nothing is reused)
+    package_key: Optional[str] = None
+    initrd: str = ""
     #: the build's content key: what a rootfs tool's disk derives its identifiers and times from (None: random)
     content_key: Optional[str] = None
     #: how the disk was made reproducible, or why it was not (for the record)
@@ -310,7 +314,8 @@ class RootfsTool(Tool):
     """The tool makes a root file system tree; diskimages customises it (unless the tool applies the recipe
     itself) and assembles the bootable disk."""
     produces = "rootfs"
-    no_incremental = "its tree after the package phase is not kept here (only mmdebstrap's is)"
+    no_incremental = "the tool does not say what makes its tree after the package phase (tree_config), so the " \
+                     "tree has no key to be kept by"
 
     def bootstrap(self, state: BuildState, rootfs: Path) -> None:
         """Make the root tree in `rootfs` (the tool's one step)."""
@@ -319,16 +324,22 @@ class RootfsTool(Tool):
     def phases(self, distro: Optional[Distribution] = None) -> tuple[str, ...]:
         return ("bootstrap", "assemble") if self.applies_recipe else ("bootstrap", "customize", "assemble")
 
+    def make_tree(self, state: BuildState, rootfs: Path) -> None:
+        """`bootstrap`, with incremental rebuilds (`state.tree_key`): the tree kept after an earlier package phase
+        of the same key is restored instead, or this one is kept. A tool with an incremental mode of its own
+        (mkosi) overrides this: a tree it applied the recipe to must not be kept."""
+        restored = trees.restore(state.tree_key, rootfs, log=state.log) if state.tree_key else None
+        if restored:
+            state.incremental, state.cache, state.downloaded_bytes = restored, "not needed", 0
+            return
+        self.bootstrap(state, rootfs)
+        if state.tree_key:
+            state.incremental = trees.save(state.tree_key, rootfs, log=state.log)
+
     def execute(self, state: BuildState, raw: Path) -> DiskInfo:
         rootfs = (state.tree_home or state.work) / "rootfs"
         with state.phase("bootstrap"):
-            restored = trees.restore(state.tree_key, rootfs, log=state.log) if state.tree_key else None
-            if restored:
-                state.incremental, state.cache, state.downloaded_bytes = restored, "not needed", 0
-            else:
-                self.bootstrap(state, rootfs)
-                if state.tree_key:
-                    state.incremental = trees.save(state.tree_key, rootfs, log=state.log)
+            self.make_tree(state, rootfs)
         packages = len(state.distro.installed_packages(rootfs))
         if not self.applies_recipe:
             with state.phase("customize"):
@@ -337,7 +348,8 @@ class RootfsTool(Tool):
         with state.phase("assemble"):
             seed = self.seed(state, rootfs)
             layout = disk.assemble(state.recipe, rootfs, raw, state.work, log=state.log, seed=seed,
-                                   tree_key=state.tree_key)
+                                   tree_key=state.package_key)
+            state.initrd = layout.initrd
             kernel = state.distro.kernel_version(rootfs)
             shutil.rmtree(rootfs)  # free the space before the compressed copy is written
         return DiskInfo(root_uuid=layout.root_uuid, kernel=kernel, packages=packages, rootfs_bytes=rootfs_bytes)

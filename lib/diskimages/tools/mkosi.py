@@ -10,6 +10,15 @@ generates the initrd mkosi leaves out. The record and the notebook label this "m
 assembly". mkosi's own bootable output (`Format=gpt_ext4`, `Bootable=yes`) mounts the ESP as vfat and needs
 loop partitions; it is not offered, because it could not be built and checked on the project's machines.
 
+Incremental rebuilds use mkosi's own `--incremental`: mkosi keeps its tree after the package phase as a cache
+image (`IMAGE.cache-pre-inst` beside its output) and, when it finds one, copies it in and skips installing.
+diskimages keeps that cache image between builds as a checksummed zstd tarball (trees.py), keyed by mkosi.conf
+without `Hostname=` and by the resolved packages. On a cached tree mkosi skips its hostname, locale and
+autologin steps; mkosi.postinst applies the recipe's on every build, so a changed hostname is still honoured.
+A defect of mkosi 14 is worked around: without a build script it never makes `IMAGE.cache-pre-dev`, and treats
+the missing file as "no cache" on every run, making the cache image again (the full package phase) each time;
+an empty stand-in makes it use the one it has.
+
 Notes measured on Debian 12: mkosi 14 hard-codes Debian's own security host for the security suite; when it
 is unreachable apt only warns and the build goes on. Without systemd as PID 1, `/run` is not a tmpfs and
 systemd-nspawn (used for mkosi.postinst) fails unless a tmpfs is mounted on /run/systemd/nspawn: that is done
@@ -21,10 +30,11 @@ import os
 import shutil
 from pathlib import Path
 
-from .. import checkers, customize
+from .. import checkers, customize, trees
 from ..distros import Distribution, Release
 from .. import hostfix
 from ..hostfix import PrivateNamespace, systemd_is_init
+from ..errors import Failure
 from ..runner import run
 from . import BuildState, RootfsTool
 
@@ -44,11 +54,6 @@ class Mkosi(RootfsTool):
     program = "mkosi"
     packages = ("mkosi",)
     applies_recipe = True
-    # mkosi 14's own --incremental keeps the tree after its package phase as a cache image beside its output
-    # (IMAGE_ID.cache-pre-inst in the output folder); on a cached tree it skips configure_hostname, _locale and
-    # _autologin, which mkosi.postinst (customize.sh) applies again anyway.
-    no_incremental = ("mkosi 14's own --incremental is not wired up here: its cache images live in its output "
-                      "folder, which diskimages removes after each build")
     description = "systemd's image builder: tree by mkosi (mkosi.conf, mkosi.extra, mkosi.postinst), " \
                   "made bootable by diskimages"
     options = {"with_docs": ("true or false", lambda v: isinstance(v, bool))}
@@ -139,15 +144,33 @@ class Mkosi(RootfsTool):
         customize.stage(r, extra, where=STAGE, files=False, secrets=True)
         return where
 
+    def tree_config(self, state: BuildState) -> str:
+        # what mkosi's cache image is made from: the host name mkosi writes into it is set again by mkosi.postinst
+        # on every build, cached tree or not, so it is left out (comments name the recipe: left out too)
+        return "".join(line + "\n" for line in self.conf(state).splitlines()
+                       if line and not line.startswith(("#", "Hostname=")))
+
+    def make_tree(self, state: BuildState, rootfs: Path) -> None:
+        # mkosi applies the recipe itself, so its finished tree is never the one to keep: its own --incremental
+        # keeps the tree after its package phase (see bootstrap)
+        self.bootstrap(state, rootfs)
+
     def bootstrap(self, state: BuildState, rootfs: Path) -> None:
         conf = self.write_config(state, state.work / "mkosi")
         # the tree is made where diskimages keeps it (in memory when there is room: scratch.py), so mkosi's
         # workspace and output are there too and the tree is renamed into place, not copied
         out = rootfs.parent / "mkosi-output"
         out.mkdir()
+        cached = out / "image.cache-pre-inst"
+        restored = None
+        if state.tree_key:
+            restored = trees.restore(state.tree_key, cached, log=state.log)
+            (out / "image.cache-pre-dev").mkdir()       # the stand-in for mkosi 14's defect (module docstring)
         with self.package_cache(state) as cache, PrivateNamespace(state.work / "hostfix", nspawn=True) as ns:
             argv = ["mkosi", "--force", "--cache", str(cache), "--workspace-dir", str(rootfs.parent),
                     "--output", str(out / "image")]
+            if state.tree_key:
+                argv.append("--incremental")
             state.workaround(*ns.applied)
             if not systemd_is_init():
                 # nspawn would ask systemd (over the system bus) for a scope unit
@@ -161,4 +184,11 @@ class Mkosi(RootfsTool):
                 state.workaround(f"DEBOOTSTRAP_DIR with a {state.release.codename} script: this host's debootstrap "
                                  f"is older than the release (newer ones link it to {script})")
             run(ns.argv([*argv, "build"]), cwd=conf, env=env, log=state.log, on_line=state.on_line)
+        if restored:
+            state.incremental = f"mkosi --incremental: {restored}; mkosi copied it in and skipped its package phase"
+            state.cache, state.downloaded_bytes = "not needed", 0
+        elif state.tree_key:
+            if not cached.is_dir():
+                raise Failure(f"mkosi --incremental left no cache image ({cached.name}) in {out}")
+            state.incremental = "mkosi --incremental: " + trees.save(state.tree_key, cached, log=state.log)
         os.rename(out / "image", rootfs)
