@@ -74,7 +74,7 @@ def headline(df, results: Path) -> str:
     """The landing page's opening: per recipe, the fastest and the smallest tool (with the ratio to the next),
     the fastest tool's desktop screenshot, and when and on what host the records were made."""
     import base64
-    import json
+    import pandas as pd
     built = df[df["status"] == "built"]
     rows, shots = [], []
     for recipe in dict.fromkeys(built["recipe"]):
@@ -94,14 +94,9 @@ def headline(df, results: Path) -> str:
                          f"src='data:image/png;base64,{b64}'/><figcaption>{html.escape(recipe)} built by "
                          f"{html.escape(fast['tool'])}, as the boot check saw it</figcaption></figure>")
     started = sorted(str(x)[:10] for x in built.get("started", []) if isinstance(x, str))
-    hosts = set()
-    for f in sorted(results.glob("*.json")):
-        try:
-            h = json.loads(f.read_text()).get("host") or {}
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(h, dict):
-            hosts.add(f"{h.get('cpus')} CPUs, {h.get('machine')}, Linux {h.get('kernel')}")
+    cols = ["host_cpus", "host_machine", "host_kernel"]
+    hosts = {f"{cpus} CPUs, {machine}, Linux {kernel}" for cpus, machine, kernel in
+             built.reindex(columns=cols).itertuples(index=False) if not pd.isna(machine)}
     when = f"{started[0]} to {started[-1]}" if started and started[0] != started[-1] else (started or ["?"])[0]
     return (f"<section id='headline'><h2>Measured</h2><table><tr><th>recipe</th><th>fastest build</th>"
             f"<th>smallest image</th><th>tools</th></tr>{''.join(rows)}</table>{''.join(shots)}"

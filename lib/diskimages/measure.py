@@ -72,6 +72,9 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
     for phase, t in (record.get("phases") or {}).items():
         row[f"{phase}_wall_s"] = t.get("wall_s")
         row[f"{phase}_cpu_s"] = t.get("cpu_s")
+    host = record.get("host")
+    if isinstance(host, dict):
+        row.update({f"host_{k}": v for k, v in host.items() if not isinstance(v, (dict, list))})
     boot = record.get("boot") or {}
     if boot:
         row["boot_passed"] = boot.get("passed")
