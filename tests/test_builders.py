@@ -230,3 +230,21 @@ def test_mkosi_incremental_uses_its_own_cache_image_and_the_recipe_still_applies
     with ImageReader(inc.image) as r:
         assert r.read("/etc/hostname").strip() == "mkosi-changed"
         assert "mkosi-changed" in r.read("/etc/hosts")
+        inc_owners = {p: _owner(r, p) for p in OWNED}
+    # mkosi 14 copies its cache image without owners: the shim's copy keeps them (shadow, messagebus groups)
+    with ImageReader(full.image) as r:
+        assert {p: _owner(r, p) for p in OWNED} == inc_owners
+    assert inc_owners["/etc/shadow"][2] != 0 and inc_owners["/usr/lib/dbus-1.0/dbus-daemon-launch-helper"][2] != 0
+
+
+# files a Debian image has that are not root:root, with setuid and capability-free modes
+OWNED = ("/etc/shadow", "/usr/lib/dbus-1.0/dbus-daemon-launch-helper", "/usr/bin/chage", "/var/log/journal")
+
+
+def _owner(reader, path):
+    """(mode, uid, gid) of a path inside the image, from debugfs."""
+    import re
+    out = reader.debugfs(f"stat {path}")
+    m, u = re.search(r"Mode:\s+(\d+)", out), re.search(r"User:\s+(\d+)\s+Group:\s+(\d+)", out)
+    assert m and u, f"{path}: {out[:200]}"
+    return m.group(1), int(u.group(1)), int(u.group(2))

@@ -15,9 +15,14 @@ image (`IMAGE.cache-pre-inst` beside its output) and, when it finds one, copies 
 diskimages keeps that cache image between builds as a checksummed zstd tarball (trees.py), keyed by mkosi.conf
 without `Hostname=` and by the resolved packages. On a cached tree mkosi skips its hostname, locale and
 autologin steps; mkosi.postinst applies the recipe's on every build, so a changed hostname is still honoured.
-A defect of mkosi 14 is worked around: without a build script it never makes `IMAGE.cache-pre-dev`, and treats
-the missing file as "no cache" on every run, making the cache image again (the full package phase) each time;
-an empty stand-in makes it use the one it has.
+Two defects of mkosi 14's --incremental are worked around:
+- without a build script it never makes `IMAGE.cache-pre-dev`, and treats the missing file as "no cache" on
+  every run, making the cache image again (the full package phase) each time: an empty stand-in makes it use
+  the one it has;
+- it copies the cache image into the new tree with its own Python copy, which keeps modes but not owners:
+  every file became root's (`/etc/shadow` lost group shadow, dbus-daemon-launch-helper group messagebus, so
+  D-Bus activation broke). mkosi runs through a small shim (`SHIM`) whose copy of the cache image is
+  `cp -a`: owners, modes, times, xattrs (file capabilities) and hard links kept. Other copies are mkosi's own.
 
 Notes measured on Debian 12: mkosi 14 hard-codes Debian's own security host for the security suite; when it
 is unreachable apt only warns and the build goes on. Without systemd as PID 1, `/run` is not a tmpfs and
@@ -42,6 +47,34 @@ ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
 CONFIG_FOR = 14         # the mkosi major version whose configuration format is written here
 # mkosi bind-mounts its own folder over /var/tmp while scripts run, so the staging folder lives elsewhere
 STAGE = "/opt/diskimages-stage"
+
+
+# mkosi 14's copy of its cache image into the new tree loses owners; the shim copies that one tree with
+# `cp -a` and leaves every other copy to mkosi (see the module docstring)
+SHIM = """
+import subprocess, sys
+import mkosi
+_copy_path = mkosi.copy_path
+def copy_path(oldpath, newpath, *, copystat=True):
+    if str(oldpath).endswith(".cache-pre-inst"):
+        subprocess.run(["cp", "-a", "--reflink=auto", "-T", str(oldpath), str(newpath)], check=True)
+    else:
+        _copy_path(oldpath, newpath, copystat=copystat)
+mkosi.copy_path = copy_path
+sys.argv[0] = "mkosi"
+from mkosi.__main__ import main
+main()
+"""
+
+
+def mkosi_python() -> str:
+    """The interpreter the `mkosi` program runs (its launcher runs the python3 beside it, else the first one on
+    PATH), so the shim imports the same mkosi."""
+    prog = shutil.which("mkosi")
+    beside = Path(prog).resolve().parent / "python3" if prog else None
+    if beside and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("python3") or "python3"
 
 
 # the distributions mkosi 14 installs, by its own Distribution= names (each release is checked per distribution)
@@ -170,7 +203,7 @@ class Mkosi(RootfsTool):
             argv = ["mkosi", "--force", "--cache", str(cache), "--workspace-dir", str(rootfs.parent),
                     "--output", str(out / "image")]
             if state.tree_key:
-                argv.append("--incremental")
+                argv = [mkosi_python(), "-c", SHIM, *argv[1:], "--incremental"]
             state.workaround(*ns.applied)
             if not systemd_is_init():
                 # nspawn would ask systemd (over the system bus) for a scope unit
