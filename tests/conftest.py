@@ -25,13 +25,24 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.fast)
 
 
+def _drop_kept_initramfs():
+    """Every kept initramfs (the tree cache's `KEY.initrd` entries) removed: the next build makes its own."""
+    from diskimages.paths import cache_dir
+    for kept in cache_dir("trees").glob("*.initrd*"):
+        kept.unlink()
+
+
+@pytest.fixture
+def no_kept_initramfs():
+    """The test's builds make their initramfs instead of copying one kept by an earlier build."""
+    _drop_kept_initramfs()
+
+
 @pytest.fixture(scope="session")
 def minimal_build(tmp_path_factory):
     """One real mmdebstrap build of debian-12-minimal shared by the tests that inspect and boot it. Kept
     initramfs images are dropped first: this build makes its own (the tests count and inspect it)."""
     from diskimages.build import build
-    from diskimages.paths import cache_dir
-    for kept in cache_dir("trees").glob("*.initrd*"):
-        kept.unlink()
+    _drop_kept_initramfs()
     out = tmp_path_factory.mktemp("minimal")
     return build("debian-12-minimal", "mmdebstrap", out, progress=False)

@@ -68,10 +68,10 @@ main()
 
 
 def mkosi_python() -> str:
-    """The interpreter the `mkosi` program runs (its launcher runs the python3 beside it, else the first one on
-    PATH), so the shim imports the same mkosi."""
+    """The interpreter the `mkosi` program runs (its launcher runs the python3 beside it, `$(dirname "$0")`,
+    else the first one on PATH), so the shim imports the same mkosi."""
     prog = shutil.which("mkosi")
-    beside = Path(prog).resolve().parent / "python3" if prog else None
+    beside = Path(prog).parent / "python3" if prog else None
     if beside and os.access(beside, os.X_OK):
         return str(beside)
     return shutil.which("python3") or "python3"
