@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -98,6 +99,7 @@ def assert_nothing_left(folder: Path, loops_before: str):
 ])
 def test_build_killed_in_each_phase(tmp_path, marker, compression):
     before = loops()
+    tool_temp_before = set(Path(tempfile.gettempdir()).glob("mmdebstrap.*"))
     log = tmp_path / "debian-13-minimal.mmdebstrap.log"
     proc = start("build", "debian-13-minimal", "-q", "-o", str(tmp_path), "--compression", compression)
     wait_for(lambda: log.exists() and marker in log.read_text(errors="replace"), marker, proc)
@@ -106,6 +108,8 @@ def test_build_killed_in_each_phase(tmp_path, marker, compression):
     said = assert_nothing_left(tmp_path, before)
     assert "removed" in said and ".work-debian-13-minimal" in said
     assert sorted(p.name for p in tmp_path.iterdir()) == [log.name]
+    # mmdebstrap's own temporary files (gpg home, apt.conf) went with the tree, not left in /tmp
+    assert set(Path(tempfile.gettempdir()).glob("mmdebstrap.*")) == tool_temp_before
 
 
 def _daemons():

@@ -4,6 +4,7 @@ hooks, so a warm build downloads nothing."""
 from __future__ import annotations
 
 import shlex
+import shutil
 from pathlib import Path
 
 import re
@@ -112,7 +113,12 @@ class Mmdebstrap(RootfsTool):
     def bootstrap(self, state: BuildState, rootfs: Path) -> None:
         with self.package_cache(state) as cache:
             argv, stdin = self.command(state, rootfs, cache)
+            # mmdebstrap's own temporary files (its gpg home, apt.conf) beside the tree, in the folder the
+            # reaper tracks: in /tmp they would outlive a kill -9 (it removes them only when it exits)
+            tmp = rootfs.parent / "mmdebstrap-tmp"
+            tmp.mkdir(parents=True, exist_ok=True)
             # a private mount namespace: whatever mmdebstrap mounts disappears with it, even if it is killed
             run(["unshare", "--mount", "--propagation", "private", "--fork", "--kill-child", *argv],
-                stdin=stdin or None, log=state.log, on_line=state.on_line, env=state.distro.bootstrap_env(),
-                stamp=True)
+                stdin=stdin or None, log=state.log, on_line=state.on_line,
+                env={**state.distro.bootstrap_env(), "TMPDIR": str(tmp)}, stamp=True)
+            shutil.rmtree(tmp, ignore_errors=True)
