@@ -80,6 +80,14 @@ def test_image_contents_follow_the_recipe_and_are_clean(minimal_build):
         assert not [f for f in r.listdir("/var/cache/apt/archives") if f.endswith(".deb")]
         assert not r.exists("/var/tmp/diskimages") and not r.exists("/usr/sbin/policy-rc.d")
         assert "root=UUID=" in r.read("/boot/grub/grub.cfg")
+        # the ESP is mounted by its volume id: the one in fstab is the one on the disk
+        esp = [line.split()[0] for line in r.read("/etc/fstab").splitlines() if " /boot/efi " in line]
+        table = json.loads(subprocess.run(["sfdisk", "--json", str(r.raw)], capture_output=True, text=True,
+                                          check=True).stdout)["partitiontable"]
+        start = next(p["start"] for p in table["partitions"] if p.get("name") == "esp") * table["sectorsize"]
+        blkid = subprocess.run(["blkid", "-p", "-O", str(start), "-s", "UUID", "-o", "value", str(r.raw)],
+                               capture_output=True, text=True).stdout.strip()
+        assert esp == [f"UUID={blkid}"]
         assert r.exists("/etc/systemd/system/multi-user.target.wants/ssh.service")
         assert r.exists("/etc/systemd/system/multi-user.target.wants/diskimages-ssh-keygen.service")
 

@@ -195,6 +195,7 @@ echo session_process=$(for d in /proc/[0-9]*; do [ "$(stat -c %u $d 2>/dev/null)
 gw=$(ip route | awk '/^default/ {print $3; exit}')
 echo gateway=$gw
 if timeout 5 bash -c "echo > /dev/tcp/$gw/53" 2>/dev/null; then echo gateway_reachable=yes; else echo gateway_reachable=no; fi
+echo unmounted=$(awk '!/^#/ && $2 ~ "^/" && $3 != "swap" {print $2}' /etc/fstab | while read -r m; do mountpoint -q "$m" || echo "$m"; done)
 """
 
 
@@ -225,6 +226,8 @@ def _ssh_phase(m, res: BootResult, uid: Optional[int]) -> None:
         problems.append(f"ssh exited {r.returncode}: {r.stderr.strip()[-200:]}")
     if facts.get("gateway_reachable") != "yes":
         problems.append(f"the guest cannot reach its gateway ({facts.get('gateway') or 'no default route'})")
+    if facts.get("unmounted"):
+        problems.append(f"file systems in /etc/fstab not mounted: {facts['unmounted']}")
     if len(facts.get("machine-id", "")) != 32:
         problems.append("no machine-id was generated at first boot")
     if res.expect == "desktop":

@@ -301,9 +301,11 @@ def assemble(recipe: Recipe, rootfs: Path, raw: Path, work: Path, log: Optional[
         reproducible.pin_inode_times(f"{raw}?offset={root.offset}", seed.epoch, work, log)
     esp = layout.get("esp")
     if esp:
-        # --invariant: the volume label's time is a constant (mkfs.fat ignores SOURCE_DATE_EPOCH for it)
-        runner.run(["mkfs.fat", "-F", "32", "-s", "1", "-n", "ESP", "-i", layout.esp_id, "--offset",
-                    str(esp.start), *(["--invariant"] if seed else []), raw, str(esp.size * SECTOR // 1024)],
+        # --invariant: the volume label's time is a constant (mkfs.fat ignores SOURCE_DATE_EPOCH for it). It also
+        # sets the volume id to 1234-ABCD, so it must come before -i: mkfs.fat applies its options in order, and
+        # fstab mounts /boot/efi by this id
+        runner.run(["mkfs.fat", "-F", "32", "-s", "1", "-n", "ESP", *(["--invariant"] if seed else []),
+                    "-i", layout.esp_id, "--offset", str(esp.start), raw, str(esp.size * SECTOR // 1024)],
                    log=log, env=when or None)
         target = f"{raw}@@{esp.offset}"
         env = {"MTOOLS_SKIP_CHECK": "1", **when}
