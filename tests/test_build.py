@@ -1,5 +1,6 @@
 """A real mmdebstrap build of debian-12-minimal: the image is sound, measured, clean, and boots on BIOS and UEFI."""
 import json
+import re
 import subprocess
 
 import pytest
@@ -186,6 +187,12 @@ def test_native_build_makes_one_zstd_initramfs_and_ships_first_boot_caches(minim
         data = (r.tmp / "initrd").read_bytes()
         assert data[:4] == ZSTD_MAGIC or ZSTD_MAGIC in data[:1 << 20], data[:8]
         assert [f for f in r.listdir("/etc/console-setup") if f.startswith("cached_setup_keyboard")]
+        # and console-setup trusts it: newer than its inputs (console-setup.sh: `-nt`)
+        mtime = {p: int(re.search(r"mtime: 0x([0-9a-f]+)", r.debugfs(f"stat {p}")).group(1), 16)
+                 for p in ("/etc/console-setup/cached_setup_terminal.sh", "/etc/default/keyboard",
+                           "/etc/default/console-setup")}
+        assert mtime["/etc/console-setup/cached_setup_terminal.sh"] > max(
+            mtime["/etc/default/keyboard"], mtime["/etc/default/console-setup"]), mtime
         assert r.read("/etc/.updated").startswith("# This file was created by systemd-update-done")
         assert "set timeout=0" in r.read("/boot/grub/grub.cfg")
         unit = r.read("/etc/systemd/system/diskimages-ssh-keygen.service")

@@ -89,6 +89,28 @@ def test_normalising_a_tree_clamps_times_and_shadow_days_and_drops_volatile_file
         assert os.lstat(tmp_path / p).st_mtime == epoch, p
 
 
+def test_caches_checked_by_time_stay_newer_than_their_inputs_after_clamping(tmp_path):
+    """console-setup trusts its cache only while it is newer than /etc/default/keyboard and console-setup
+    (`-nt`): clamped to the same second, the first boot would compile the keymap and font again."""
+    epoch = 1_700_000_000
+    cache = "etc/console-setup/cached_setup_terminal.sh"
+    for rel in (cache, "etc/default/keyboard", "etc/default/console-setup"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("made during the build")
+    os.utime(tmp_path / "etc/default/console-setup", (epoch - 500, epoch - 500))   # shipped long ago
+    reproducible.normalize_tree(tmp_path, epoch)
+    assert os.lstat(tmp_path / cache).st_mtime == os.lstat(tmp_path / "etc/default/keyboard").st_mtime
+    caches = distros.get("debian").fresh_caches
+    assert reproducible.keep_caches_fresh(tmp_path, caches) == 1
+    assert os.lstat(tmp_path / cache).st_mtime == epoch
+    assert os.lstat(tmp_path / "etc/default/keyboard").st_mtime == epoch - 1
+    assert os.lstat(tmp_path / "etc/default/console-setup").st_mtime == epoch - 500      # older: kept
+    assert reproducible.keep_caches_fresh(tmp_path, caches) == 0                         # the same times again
+    # the check console-setup makes at boot (dash's test)
+    assert subprocess.run(["sh", "-c", f"[ {cache} -nt etc/default/keyboard ] && "
+                           f"[ {cache} -nt etc/default/console-setup ]"], cwd=tmp_path).returncode == 0
+
+
 def _ext4(tree: Path, out: Path, seed: Seed, pin: bool, work: Path) -> str:
     with open(out, "wb") as f:
         f.truncate(64 << 20)

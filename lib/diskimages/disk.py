@@ -291,6 +291,9 @@ def assemble(recipe: Recipe, rootfs: Path, raw: Path, work: Path, log: Optional[
         done = reproducible.normalize_tree(rootfs, seed.epoch, distro.volatile_files)
         runner.note(log, f"tree normalised: {done['removed']} volatile files removed, {done['clamped']} file times "
                          f"clamped to SOURCE_DATE_EPOCH={seed.epoch}")
+    moved = reproducible.keep_caches_fresh(rootfs, distro.fresh_caches)
+    if moved:
+        runner.note(log, f"{moved} cache inputs made older than their caches ({', '.join(distro.fresh_caches)})")
     partition(raw, recipe.disk.size_bytes, layout, log)
     root = layout.get("root")
     ext = f"offset={root.offset}" + (f",hash_seed={seed.uuid('filesystem/root/hash-seed')}" if seed else "")

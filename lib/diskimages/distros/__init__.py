@@ -197,6 +197,11 @@ class Distribution:
     #: the package manager's logs and backups: times and leftovers that differ between two builds
     volatile_files: ClassVar[tuple] = ()
 
+    #: caches that the system trusts only while they are newer than their inputs (`cache -nt input`), made
+    #: during the build: {cache: (input, ...)}. Assembly keeps them strictly newer, which file times clamped to
+    #: SOURCE_DATE_EPOCH, or written in the same second, would not be.
+    fresh_caches: ClassVar[dict] = {}
+
     def shipped_files(self, rootfs: Path) -> list[str]:
         """The regular files the installed packages ship, relative to the tree (their times are the packages'
         own: the newest is a build's SOURCE_DATE_EPOCH)."""

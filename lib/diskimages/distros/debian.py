@@ -153,6 +153,11 @@ class Debian(Distribution):
                 rows.append({"name": name, "version": version, "architecture": arch})
         return rows
 
+    # console-setup.service compiles the keymap and font again (13 s under emulation, on the way to the display
+    # manager) unless this cache is newer than both files
+    fresh_caches = {"etc/console-setup/cached_setup_terminal.sh": ("etc/default/keyboard",
+                                                                   "etc/default/console-setup")}
+
     volatile_files = ("var/log/dpkg.log", "var/log/apt/history.log", "var/log/apt/term.log",
                       "var/log/apt/eipp.log.xz", "var/log/alternatives.log", "var/cache/debconf/config.dat-old",
                       "var/cache/debconf/templates.dat-old", "var/lib/dpkg/status-old",
