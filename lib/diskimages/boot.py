@@ -195,7 +195,7 @@ echo session_process=$(for d in /proc/[0-9]*; do [ "$(stat -c %u $d 2>/dev/null)
 gw=$(ip route | awk '/^default/ {print $3; exit}')
 echo gateway=$gw
 if timeout 5 bash -c "echo > /dev/tcp/$gw/53" 2>/dev/null; then echo gateway_reachable=yes; else echo gateway_reachable=no; fi
-echo unmounted=$(awk '!/^#/ && $2 ~ "^/" && $3 != "swap" {print $2}' /etc/fstab | while read -r m; do mountpoint -q "$m" || echo "$m"; done)
+echo unmounted=$(awk '!/^#/ && $2 ~ "^/" && $3 != "swap" && $4 !~ /(^|,)noauto(,|$)/ {print $2}' /etc/fstab | while read -r m; do mountpoint -q "$m" || echo "$m"; done)
 """
 
 
