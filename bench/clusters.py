@@ -15,18 +15,18 @@ import base64
 import json
 import os
 import random
+import re
 import shlex
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import zlib
 from pathlib import Path
 
 import pandas as pd
 
-from diskimages import libvirt_host, qcow2
+from diskimages import libvirt_host, qcow2, reaper
 from diskimages.boot import boot_check
 from diskimages.vm import get_vm, ssh_run, stop
 
@@ -49,9 +49,15 @@ print(spent, time.perf_counter() - t)
 """
 
 
-def size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20}
-    return int(text[:-1]) * units[text[-1].upper()] if text[-1].upper() in units else int(text)
+def variant(text: str) -> tuple[str, int, int]:
+    """CLUSTER:LEVEL (64K:3) -> (text, cluster bytes, level); one line naming what is allowed otherwise."""
+    m = re.fullmatch(r"(\d+)([KM]?):(\d+)", text.strip(), re.I)
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20}
+    csize = int(m.group(1)) * units[m.group(2).upper()] if m else 0
+    if not m or csize & (csize - 1) or not 512 <= csize <= 2 << 20 or not 1 <= int(m.group(3)) <= 19:
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed is CLUSTER:LEVEL, a power of two from 512 to 2M "
+                                         f"and a zstd level from 1 to 19 (e.g. 64K:3)")
+    return text, csize, int(m.group(3))
 
 
 def data_offsets(raw: Path, n: int, seq_mib: int, seed: int = 1) -> tuple[list[int], list[int]]:
@@ -110,22 +116,26 @@ def attach(name: str, image: Path, attach_it: bool) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("image", type=Path, help="a built qcow2 with its JSON record beside it")
-    ap.add_argument("--variant", action="append", required=True, help="CLUSTER:LEVEL, e.g. 64K:3 (first: base)")
-    ap.add_argument("--reads", type=int, default=READS)
+    ap.add_argument("--variant", action="append", required=True, type=variant,
+                    help="CLUSTER:LEVEL, e.g. 64K:3 (the first is the base of the ratios)")
+    ap.add_argument("--reads", type=int, default=READS, choices=range(1, 100_001), metavar="1..100000")
     ap.add_argument("--no-guest", action="store_true", help="only write the variants")
     args = ap.parse_args()
-    record = json.loads(args.image.with_suffix(".json").read_text())
+    try:
+        record = json.loads(args.image.with_suffix(".json").read_text())
+    except (OSError, ValueError) as e:
+        ap.error(f"{args.image}: needs the build record beside it ({e})")
     name = f"clusters-bench-{os.getpid()}"
-    with tempfile.TemporaryDirectory(prefix="diskimages-clusters-", dir="/var/tmp") as tmp:
+    # removed when done, and by the next diskimages command if this one is killed
+    with reaper.temp_dir("diskimages-clusters-", Path("/var/tmp")) as tmp:
         os.chmod(tmp, 0o711)
         raw = Path(tmp) / "disk.raw"
         subprocess.run(["qemu-img", "convert", "-O", "raw", str(args.image), str(raw)], check=True)
         rows, files = [], {}
-        for v in args.variant:
-            c, lvl = v.split(":")
-            out = Path(tmp) / f"{c}-{lvl}.qcow2"
+        for v, csize, lvl in args.variant:
+            out = Path(tmp) / f"{csize}-{lvl}.qcow2"
             t0, c0 = time.monotonic(), time.process_time()
-            qcow2.write(raw, out, cluster_size=size(c), level=int(lvl))
+            qcow2.write(raw, out, cluster_size=csize, level=lvl)
             wall, cpu = time.monotonic() - t0, time.process_time() - c0
             ok = subprocess.run(["qemu-img", "check", "-q", str(out)], capture_output=True).returncode == 0
             rows.append({"variant": v, "write s": round(wall, 1), "write CPU s": round(cpu, 1),
