@@ -64,35 +64,20 @@ def data_offsets(raw: Path, n: int, seq_mib: int, seed: int = 1) -> tuple[list[i
     """`n` random 4 KiB-aligned offsets of blocks that hold data (not zeros: a zero cluster is not stored, so
     reading it decompresses nothing), and the first `seq_mib` 1 MiB chunks with data, in disk order."""
     fd = os.open(raw, os.O_RDONLY)
-    extents, off, end_all = [], 0, raw.stat().st_size
     try:
-        while off < end_all:
-            try:
-                off = os.lseek(fd, off, os.SEEK_DATA)
-            except OSError:
-                break
-            end = os.lseek(fd, off, os.SEEK_HOLE)
-            extents.append((off, end))
-            off = end
-        rng = random.Random(seed)
-        blocks = [(a // 4096, (b - a) // 4096) for a, b in extents if b - a >= 4096]
-        total = sum(k for _, k in blocks)
-        zero4k = bytes(4096)
-        out: list[int] = []
+        # the 4 KiB blocks outside the file's holes, found the way the qcow2 writer finds its clusters
+        blocks = list(qcow2._data_clusters(fd, raw.stat().st_size, 4096))
+        rng, zero4k, out = random.Random(seed), bytes(4096), []
         while len(out) < n:
-            p = rng.randrange(total)
-            for first, count in blocks:
-                if p < count:
-                    o = (first + p) * 4096
-                    break
-                p -= count
+            o = rng.choice(blocks) * 4096
             if os.pread(fd, 4096, o) != zero4k:
                 out.append(o)
         zero1m, seq = bytes(1 << 20), []
-        for a, b in extents:
-            for o in range(-(-a // (1 << 20)) << 20, b - (1 << 20) + 1, 1 << 20):
-                if len(seq) < seq_mib and os.pread(fd, 1 << 20, o) != zero1m:
-                    seq.append(o)
+        for o in sorted({b * 4096 >> 20 << 20 for b in blocks}):
+            if len(seq) == seq_mib:
+                break
+            if os.pread(fd, 1 << 20, o) != zero1m:
+                seq.append(o)
     finally:
         os.close(fd)
     return out, seq
