@@ -20,6 +20,10 @@ def test_default_desktop_image_boots_to_the_autologin_desktop(tmp_path):
     assert any(s.endswith(":user:seat0") for s in check.ssh["sessions"].split()), check.ssh
     assert check.ssh["gateway_reachable"] == "yes" and check.ssh["machine-id"] == check.probe["machine-id"]
     assert check.milestones["session"] < check.milestones["desktop"]
+    # the system's font cache survived SOURCE_DATE_EPOCH's clamp (else the session scans the fonts and writes its
+    # own), and Xorg did not load Mesa to try glamor on QEMU's VGA
+    assert check.ssh["user_font_cache"] == "no", check.ssh
+    assert check.ssh["xorg_accel"] == "glamor_disabled", check.ssh
     assert len(check.probe["machine-id"]) == 32
     from PIL import Image
     img = Image.open(check.screenshot)

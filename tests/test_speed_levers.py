@@ -87,8 +87,9 @@ def test_desktop_images_skip_first_boot_jobs_and_generate_host_keys_off_the_crit
     assert "systemctl disable e2scrub_reap.service" in desk and "systemctl disable grub-common.service" in desk
     assert "After=display-manager.service" in desk and "CPUSchedulingPolicy=idle" in desk
     assert "setupcon --force --save-only" in desk and "touch -r /usr" in desk
+    assert 'MatchDriver "bochs-drm"' in desk and 'Option "AccelMethod" "none"' in desk
     console = render_script(load_checked("debian-13-minimal"))
-    assert "e2scrub_reap" not in console
+    assert "e2scrub_reap" not in console and "bochs-drm" not in console
     ubuntu = render_script(load_checked("ubuntu-24.04-xubuntu"))
     assert "grub-common.service" not in ubuntu            # Ubuntu's own grub.cfg needs its recordfail cleared
 

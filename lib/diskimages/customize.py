@@ -45,6 +45,19 @@ WantedBy=multi-user.target {ssh_service}
 UPDATE_DONE = ("# This file was created by systemd-update-done. Its only\n# purpose is to hold a timestamp of the "
                "time this directory\n# was updated. See man:systemd-update-done.service(8).")
 
+#: X11 on QEMU's standard VGA (bochs-drm, the boot check's display): Xorg's modesetting driver loads Mesa to try
+#: glamor, finds only the llvmpipe software renderer and refuses it. Loading it costs ~3 s before the display
+#: manager's screen under emulation; without it the server draws into the frame buffer as it would anyway.
+#: Other graphics hardware keeps its defaults
+QEMU_VGA_XORG = """\
+Section "OutputClass"
+  Identifier "diskimages: QEMU standard VGA, no glamor"
+  MatchDriver "bochs-drm"
+  Driver "modesetting"
+  Option "AccelMethod" "none"
+EndSection"""
+QEMU_VGA_XORG_PATH = "/etc/X11/xorg.conf.d/10-diskimages-qemu-vga.conf"
+
 #: units a desktop image does not need at boot
 FIRST_BOOT_JOBS = ("e2scrub_reap.service", "e2scrub_all.timer")
 
@@ -132,6 +145,10 @@ def render_script(recipe: Recipe, stage: str = STAGE) -> str:
     if recipe.autologin:
         step(f"autologin {recipe.autologin} ({desk.display_manager or 'console'})")
         add(distro.autologin_step(recipe.autologin, desk))
+
+    if desk.display_manager:
+        step("X11 on QEMU's standard VGA without glamor")
+        add(_write(QEMU_VGA_XORG_PATH, QEMU_VGA_XORG))
 
     step("network")
     add("if [ ! -x /usr/sbin/NetworkManager ]; then")

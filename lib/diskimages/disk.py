@@ -134,6 +134,18 @@ menuentry '{title.replace("'", "")}' {{
 """
 
 
+def regenerate_caches(rootfs: Path, distro: Distribution, seed: Seed, log: Optional[Path] = None) -> None:
+    """The distribution's `regenerated_caches` made again inside the clamped tree (so they record the final
+    file times), then clamped with the folder that holds them."""
+    for folder, cmd in distro.regenerated_caches.items():
+        if not any((rootfs / d / cmd[0]).is_file() for d in ("usr/bin", "usr/sbin", "bin", "sbin")):
+            continue
+        chroot_run(rootfs, cmd, log=log, env={**distro.chroot_env(), **seed.env()})
+        if (rootfs / folder).is_dir():
+            reproducible.clamp_times((rootfs / folder).parent, seed.epoch)
+            runner.note(log, f"/{folder} made again after the clamp ({' '.join(cmd)})")
+
+
 def plan_layout(recipe: Recipe, seed: Optional[Seed] = None) -> Layout:
     """The partitions the recipe's firmware needs, with identifiers drawn at random, or derived from the
     build's content key when seeded."""
@@ -291,6 +303,7 @@ def assemble(recipe: Recipe, rootfs: Path, raw: Path, work: Path, log: Optional[
         done = reproducible.normalize_tree(rootfs, seed.epoch, distro.volatile_files)
         runner.note(log, f"tree normalised: {done['removed']} volatile files removed, {done['clamped']} file times "
                          f"clamped to SOURCE_DATE_EPOCH={seed.epoch}")
+        regenerate_caches(rootfs, distro, seed, log)
     moved = reproducible.keep_caches_fresh(rootfs, distro.fresh_caches)
     if moved:
         runner.note(log, f"{moved} cache inputs made older than their caches ({', '.join(distro.fresh_caches)})")

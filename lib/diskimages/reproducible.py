@@ -86,19 +86,23 @@ def normalize_tree(rootfs: Path, epoch: int, volatile: tuple = ()) -> dict:
         mid.write_text("")       # "uninitialized": each machine makes its own at first boot
     for name in ("etc/shadow",):
         _clamp_shadow(rootfs / name, epoch // _DAY)
+    return {"removed": removed, "clamped": clamp_times(rootfs, epoch)}
+
+
+def clamp_times(top: Path, epoch: int) -> int:
+    """Every file time under `top` (and its own) later than `epoch` becomes `epoch`. Returns how many."""
     clamped = 0
-    for dirpath, dirnames, filenames in os.walk(rootfs):
+    for dirpath, dirnames, filenames in os.walk(top):
         for n in (*dirnames, *filenames):
             p = os.path.join(dirpath, n)
             st = os.lstat(p)
             if st.st_mtime > epoch:
-                t = min(int(st.st_mtime), epoch)
-                os.utime(p, (t, t), follow_symlinks=False)
+                os.utime(p, (epoch, epoch), follow_symlinks=False)
                 clamped += 1
-    st = os.lstat(rootfs)
+    st = os.lstat(top)
     t = min(int(st.st_mtime), epoch)
-    os.utime(rootfs, (t, t))
-    return {"removed": removed, "clamped": clamped}
+    os.utime(top, (t, t))
+    return clamped
 
 
 def keep_caches_fresh(rootfs: Path, caches: dict) -> int:

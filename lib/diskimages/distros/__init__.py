@@ -202,6 +202,12 @@ class Distribution:
     #: SOURCE_DATE_EPOCH, or written in the same second, would not be.
     fresh_caches: ClassVar[dict] = {}
 
+    #: caches that record their inputs' exact file times, which clamping to SOURCE_DATE_EPOCH changes: made again
+    #: inside the image once the times are final ({folder the cache is written to: command}). Fontconfig's
+    #: system cache holds each font folder's mtime; a stale one makes the first program of every user's
+    #: session scan the fonts again and write a cache of its own
+    regenerated_caches: ClassVar[dict] = {"var/cache/fontconfig": ("fc-cache", "--system-only", "--really-force")}
+
     def shipped_files(self, rootfs: Path) -> list[str]:
         """The regular files the installed packages ship, relative to the tree (their times are the packages'
         own: the newest is a build's SOURCE_DATE_EPOCH)."""
