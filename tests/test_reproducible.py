@@ -111,6 +111,22 @@ def test_caches_checked_by_time_stay_newer_than_their_inputs_after_clamping(tmp_
                            f"[ {cache} -nt etc/default/console-setup ]"], cwd=tmp_path).returncode == 0
 
 
+def test_regenerated_caches_are_clamped_with_their_folder_and_older_times_stay(tmp_path):
+    """A cache made again after the clamp (fontconfig's, which records each font folder's exact mtime) is clamped
+    with the folder that holds it; older times are not moved."""
+    epoch = 1_700_000_000
+    folder = tmp_path / "var/cache/fontconfig"
+    folder.mkdir(parents=True)
+    (folder / "made-now-le64.cache-9").write_text("x")
+    (folder / "CACHEDIR.TAG").write_text("tag")
+    os.utime(folder / "CACHEDIR.TAG", (epoch - 9, epoch - 9))
+    assert reproducible.clamp_times(folder.parent, epoch) == 2          # the new cache and its folder
+    assert os.lstat(folder / "made-now-le64.cache-9").st_mtime == epoch
+    assert os.lstat(folder).st_mtime == epoch and os.lstat(folder.parent).st_mtime == epoch
+    assert os.lstat(folder / "CACHEDIR.TAG").st_mtime == epoch - 9
+    assert DEBIAN.regenerated_caches == {"var/cache/fontconfig": ("fc-cache", "--system-only", "--really-force")}
+
+
 def _ext4(tree: Path, out: Path, seed: Seed, pin: bool, work: Path) -> str:
     with open(out, "wb") as f:
         f.truncate(64 << 20)
