@@ -3,6 +3,7 @@ identifiers from the content key, the packages' own date, clamped times, removed
 times, and diffoscope's account when two trees differ."""
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -111,20 +112,45 @@ def test_caches_checked_by_time_stay_newer_than_their_inputs_after_clamping(tmp_
                            f"[ {cache} -nt etc/default/console-setup ]"], cwd=tmp_path).returncode == 0
 
 
-def test_regenerated_caches_are_clamped_with_their_folder_and_older_times_stay(tmp_path):
-    """A cache made again after the clamp (fontconfig's, which records each font folder's exact mtime) is clamped
-    with the folder that holds it; older times are not moved."""
-    epoch = 1_700_000_000
-    folder = tmp_path / "var/cache/fontconfig"
-    folder.mkdir(parents=True)
-    (folder / "made-now-le64.cache-9").write_text("x")
-    (folder / "CACHEDIR.TAG").write_text("tag")
-    os.utime(folder / "CACHEDIR.TAG", (epoch - 9, epoch - 9))
-    assert reproducible.clamp_times(folder.parent, epoch) == 2          # the new cache and its folder
-    assert os.lstat(folder / "made-now-le64.cache-9").st_mtime == epoch
-    assert os.lstat(folder).st_mtime == epoch and os.lstat(folder.parent).st_mtime == epoch
-    assert os.lstat(folder / "CACHEDIR.TAG").st_mtime == epoch - 9
-    assert DEBIAN.regenerated_caches == {"var/cache/fontconfig": ("fc-cache", "--system-only", "--really-force")}
+def _fontconfig_checks(tree: Path, clamp_first: bool) -> list[tuple[str, str]]:
+    """(cache, folder) checksums fontconfig compares for the font folders of `tree`, once its cache was made
+    (after the font folders were clamped to EPOCH when `clamp_first`, as assembly makes it) and the tree was
+    clamped."""
+    font = next((l for l in subprocess.run(["fc-list", "-f", "%{file}\n"], capture_output=True, text=True)
+                 .stdout.splitlines() if l.endswith(".ttf")), None)
+    if not font:
+        pytest.skip("no TrueType font on this host to make a fontconfig cache of")
+    (tree / "fonts/truetype").mkdir(parents=True)
+    (tree / "cache").mkdir()
+    shutil.copy(font, tree / "fonts/truetype")
+    conf = tree / "fonts.conf"
+    conf.write_text(f'<?xml version="1.0"?><fontconfig><dir>{tree}/fonts</dir><cachedir>{tree}/cache</cachedir>'
+                    "</fontconfig>")
+    env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
+    env["FONTCONFIG_FILE"] = str(conf)
+    if clamp_first:
+        reproducible.clamp_times(tree / "fonts", EPOCH)
+    subprocess.run(["fc-cache", "--really-force"], env={**env, "SOURCE_DATE_EPOCH": str(EPOCH)}, check=True,
+                   capture_output=True)
+    reproducible.normalize_tree(tree, EPOCH)
+    out = subprocess.run(["fc-list"], env={**env, "FC_DEBUG": "16"}, capture_output=True, text=True).stdout
+    return re.findall(r"FcCacheTimeValid dir .* cache checksum (\S+) dir checksum (\S+)", out)
+
+
+EPOCH = 1_700_000_000
+
+
+@pytest.mark.skipif(not shutil.which("fc-cache"), reason="fontconfig is not installed on this host")
+def test_a_font_cache_made_from_clamped_folders_stays_valid(tmp_path):
+    """Fontconfig's cache records each font folder's exact mtime. Made during the package phase it goes stale
+    when the tree is clamped (each session then scans the fonts again and writes its own); made from font
+    folders already clamped, as assembly makes it (`regenerated_caches`), it records the times the image keeps."""
+    stale = _fontconfig_checks(tmp_path / "before", clamp_first=False)
+    assert not any(cache == folder for cache, folder in stale), stale      # none kept, or none valid
+    fresh = _fontconfig_checks(tmp_path / "after", clamp_first=True)
+    assert len(fresh) == 2 and all(cache == folder == f"{EPOCH}.0" for cache, folder in fresh), fresh
+    cache = DEBIAN.regenerated_caches["var/cache/fontconfig"]
+    assert cache.command == ("fc-cache", "--system-only", "--really-force") and "usr/share/fonts" in cache.inputs
 
 
 def _ext4(tree: Path, out: Path, seed: Seed, pin: bool, work: Path) -> str:

@@ -19,6 +19,7 @@ import shutil
 import struct
 import subprocess
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -134,16 +135,29 @@ menuentry '{title.replace("'", "")}' {{
 """
 
 
-def regenerate_caches(rootfs: Path, distro: Distribution, seed: Seed, log: Optional[Path] = None) -> None:
-    """The distribution's `regenerated_caches` made again inside the clamped tree (so they record the final
-    file times), then clamped with the folder that holds them."""
-    for folder, cmd in distro.regenerated_caches.items():
-        if not any((rootfs / d / cmd[0]).is_file() for d in ("usr/bin", "usr/sbin", "bin", "sbin")):
+def start_regenerating_caches(pool: ThreadPoolExecutor, rootfs: Path, distro: Distribution,
+                              seed: Optional[Seed]) -> list:
+    """The distribution's `regenerated_caches`, made inside the tree beside the boot configuration (fc-cache
+    sleeps 2 s after writing). Seeded, their inputs are clamped first, so the caches record the times the image
+    keeps. `finish_regenerating_caches` waits for them."""
+    jobs = []
+    for folder, cache in distro.regenerated_caches.items():
+        if not any((rootfs / d / cache.command[0]).is_file() for d in ("usr/bin", "usr/sbin", "bin", "sbin")):
             continue
-        chroot_run(rootfs, cmd, log=log, env={**distro.chroot_env(), **seed.env()})
-        if (rootfs / folder).is_dir():
-            reproducible.clamp_times((rootfs / folder).parent, seed.epoch)
-            runner.note(log, f"/{folder} made again after the clamp ({' '.join(cmd)})")
+        if seed:
+            for rel in cache.inputs:
+                if (rootfs / rel).is_dir():
+                    reproducible.clamp_times(rootfs / rel, seed.epoch)
+        jobs.append((folder, cache.command, pool.submit(chroot_run, rootfs, cache.command, capture=True,
+                                                        env={**distro.chroot_env(), **(seed.env() if seed else {})})))
+    return jobs
+
+
+def finish_regenerating_caches(jobs: list, log: Optional[Path] = None) -> None:
+    for folder, cmd, job in jobs:
+        out = job.result().strip()              # a failed command raises here
+        runner.note(log, f"/{folder} made in the finished tree ({' '.join(cmd)})" +
+                    (f": {out[-300:]}" if out else ""))
 
 
 def plan_layout(recipe: Recipe, seed: Optional[Seed] = None) -> Layout:
@@ -296,14 +310,16 @@ def assemble(recipe: Recipe, rootfs: Path, raw: Path, work: Path, log: Optional[
     from the same inputs is reused; None: made and not kept)."""
     distro, _ = distros.for_recipe(recipe)
     layout = plan_layout(recipe, seed)
-    prepare_tree(recipe, rootfs, layout, distro, log, seed, tree_key)
-    images = make_grub_images(recipe, rootfs, layout, work, distro, log)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        caches = start_regenerating_caches(pool, rootfs, distro, seed)
+        prepare_tree(recipe, rootfs, layout, distro, log, seed, tree_key)
+        images = make_grub_images(recipe, rootfs, layout, work, distro, log)
+    finish_regenerating_caches(caches, log)
     when = seed.env() if seed else {}
     if seed:
         done = reproducible.normalize_tree(rootfs, seed.epoch, distro.volatile_files)
         runner.note(log, f"tree normalised: {done['removed']} volatile files removed, {done['clamped']} file times "
                          f"clamped to SOURCE_DATE_EPOCH={seed.epoch}")
-        regenerate_caches(rootfs, distro, seed, log)
     moved = reproducible.keep_caches_fresh(rootfs, distro.fresh_caches)
     if moved:
         runner.note(log, f"{moved} cache inputs made older than their caches ({', '.join(distro.fresh_caches)})")

@@ -39,6 +39,12 @@ class Release:
 
 
 @dataclass(frozen=True)
+class RegeneratedCache:
+    command: tuple[str, ...]      # run inside the image
+    inputs: tuple[str, ...]       # folders (relative to the tree) whose file times the cache records
+
+
+@dataclass(frozen=True)
 class DesktopSpec:
     packages: tuple[str, ...]
     display_manager: Optional[str]     # lightdm | gdm | sddm | None (console autologin through getty)
@@ -202,11 +208,14 @@ class Distribution:
     #: SOURCE_DATE_EPOCH, or written in the same second, would not be.
     fresh_caches: ClassVar[dict] = {}
 
-    #: caches that record their inputs' exact file times, which clamping to SOURCE_DATE_EPOCH changes: made again
-    #: inside the image once the times are final ({folder the cache is written to: command}). Fontconfig's
-    #: system cache holds each font folder's mtime; a stale one makes the first program of every user's
-    #: session scan the fonts again and write a cache of its own
-    regenerated_caches: ClassVar[dict] = {"var/cache/fontconfig": ("fc-cache", "--system-only", "--really-force")}
+    #: caches that record their inputs' exact file times, which clamping to SOURCE_DATE_EPOCH changes: made in the
+    #: finished tree at assembly, from inputs already clamped ({folder the cache is written to: RegeneratedCache}).
+    #: Fontconfig's system cache holds each font folder's mtime; a stale one makes the first program of every
+    #: user's session scan the fonts again and write a cache of its own. (fc-cache cannot be told the epoch
+    #: instead: with SOURCE_DATE_EPOCH it deletes what it wrote as invalid, the folders' nanoseconds not being 0.)
+    regenerated_caches: ClassVar[dict] = {
+        "var/cache/fontconfig": RegeneratedCache(("fc-cache", "--system-only", "--really-force"),
+                                                 ("usr/share/fonts", "usr/local/share/fonts"))}
 
     def shipped_files(self, rootfs: Path) -> list[str]:
         """The regular files the installed packages ship, relative to the tree (their times are the packages'

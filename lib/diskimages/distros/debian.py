@@ -23,6 +23,9 @@ _X = ("xserver-xorg-core", "xserver-xorg-input-libinput", "xserver-xorg-video-qx
       "xserver-xorg-video-vesa", "fonts-dejavu-core", "dbus-x11", "at-spi2-core")
 _NM = ("network-manager",)
 
+#: where fontconfig's fc-cache waits while the native path installs packages (a no-op stands in for it)
+FC_CACHE_HELD = "/usr/bin/fc-cache.diskimages-held"
+
 POLICY_RC_D = "#!/bin/sh\n# diskimages: no services start while the image is customised\nexit 101\n"
 
 
@@ -313,17 +316,23 @@ class Debian(Distribution):
     # on 2 cores); with INITRD=No the kernel hook makes none and the trigger's `update-initramfs -u` finds none
     # to update, so assembly makes the only one, after customisation (the keyboard it carries is the recipe's).
     # man-db's trigger only rebuilds its index cache; it is held back while installing and re-enabled after,
-    # so the image behaves as a stock one (man-db.timer builds the index).
+    # so the image behaves as a stock one (man-db.timer builds the index). fc-cache is diverted to a no-op while
+    # installing: assembly makes fontconfig's cache in the finished tree (`regenerated_caches`), and each run
+    # sleeps 2 s after writing.
     def bootstrap_env(self) -> dict[str, str]:
         return {"INITRD": "No"}
 
     def bootstrap_setup_step(self, recipe: Recipe) -> str:
-        return ('echo "man-db man-db/auto-update boolean false" | debconf-set-selections\n' +
+        return ('echo "man-db man-db/auto-update boolean false" | debconf-set-selections\n'
+                f"dpkg-divert --quiet --local --rename --divert {FC_CACHE_HELD} --add /usr/bin/fc-cache\n"
+                "printf '#!/bin/sh\\nexit 0\\n' > /usr/bin/fc-cache\nchmod 755 /usr/bin/fc-cache\n" +
                 (self._lean_rule(recipe) if recipe.lean else ""))
 
     def bootstrap_finish_step(self) -> str:
         return ('echo "man-db man-db/auto-update boolean true" | debconf-set-selections\n'
-                "if [ -d /var/lib/man-db ]; then touch /var/lib/man-db/auto-update; fi\n")
+                "if [ -d /var/lib/man-db ]; then touch /var/lib/man-db/auto-update; fi\n"
+                "rm -f /usr/bin/fc-cache\n"
+                "dpkg-divert --quiet --local --rename --remove /usr/bin/fc-cache\n")
 
     @contextlib.contextmanager
     def services_held(self, rootfs: Path) -> Iterator[None]:
