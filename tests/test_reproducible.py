@@ -112,6 +112,23 @@ def test_caches_checked_by_time_stay_newer_than_their_inputs_after_clamping(tmp_
                            f"[ {cache} -nt etc/default/console-setup ]"], cwd=tmp_path).returncode == 0
 
 
+def test_folders_being_written_are_left_to_the_writer_and_clamped_after(tmp_path):
+    """Assembly normalises the tree while fc-cache writes its cache folder: that folder is skipped, then clamped
+    with its parent once the cache is done."""
+    epoch = 1_700_000_000
+    (tmp_path / "var/cache/fontconfig").mkdir(parents=True)
+    (tmp_path / "var/cache/fontconfig/new-le64.cache-9").write_text("x")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/hostname").write_text("h")
+    done = reproducible.normalize_tree(tmp_path, epoch, skip=("var/cache/fontconfig",))
+    assert os.lstat(tmp_path / "etc/hostname").st_mtime == epoch and done["clamped"] >= 3
+    assert os.lstat(tmp_path / "var/cache/fontconfig/new-le64.cache-9").st_mtime > epoch
+    assert os.lstat(tmp_path / "var/cache/fontconfig").st_mtime > epoch
+    reproducible.clamp_times(tmp_path / "var/cache", epoch)
+    assert os.lstat(tmp_path / "var/cache/fontconfig/new-le64.cache-9").st_mtime == epoch
+    assert os.lstat(tmp_path / "var/cache/fontconfig").st_mtime == epoch
+
+
 def _fontconfig_checks(tree: Path, clamp_first: bool) -> list[tuple[str, str]]:
     """(cache, folder) checksums fontconfig compares for the font folders of `tree`, once its cache was made
     (after the font folders were clamped to EPOCH when `clamp_first`, as assembly makes it) and the tree was

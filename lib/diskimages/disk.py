@@ -138,8 +138,9 @@ menuentry '{title.replace("'", "")}' {{
 def start_regenerating_caches(pool: ThreadPoolExecutor, rootfs: Path, distro: Distribution,
                               seed: Optional[Seed]) -> list:
     """The distribution's `regenerated_caches`, made inside the tree beside the boot configuration (fc-cache
-    sleeps 2 s after writing). Seeded, their inputs are clamped first, so the caches record the times the image
-    keeps. `finish_regenerating_caches` waits for them."""
+    sleeps 2 s after writing; it runs while the tree is normalised and the disk partitioned). Seeded, their
+    inputs are clamped first, so the caches record the times the image keeps. `finish_regenerating_caches`
+    waits for them."""
     jobs = []
     for folder, cache in distro.regenerated_caches.items():
         if not any((rootfs / d / cache.command[0]).is_file() for d in ("usr/bin", "usr/sbin", "bin", "sbin")):
@@ -153,9 +154,14 @@ def start_regenerating_caches(pool: ThreadPoolExecutor, rootfs: Path, distro: Di
     return jobs
 
 
-def finish_regenerating_caches(jobs: list, log: Optional[Path] = None) -> None:
+def finish_regenerating_caches(jobs: list, rootfs: Path, seed: Optional[Seed],
+                               log: Optional[Path] = None) -> None:
+    """Waits for `start_regenerating_caches`' jobs; seeded, clamps the folders they wrote to (and the folder
+    holding each: the clamp of the rest of the tree skipped them)."""
     for folder, cmd, job in jobs:
         out = job.result().strip()              # a failed command raises here
+        if seed and (rootfs / folder).is_dir():
+            reproducible.clamp_times((rootfs / folder).parent, seed.epoch)
         runner.note(log, f"/{folder} made in the finished tree ({' '.join(cmd)})" +
                     (f": {out[-300:]}" if out else ""))
 
@@ -310,20 +316,23 @@ def assemble(recipe: Recipe, rootfs: Path, raw: Path, work: Path, log: Optional[
     from the same inputs is reused; None: made and not kept)."""
     distro, _ = distros.for_recipe(recipe)
     layout = plan_layout(recipe, seed)
+    when = seed.env() if seed else {}
     with ThreadPoolExecutor(max_workers=1) as pool:
         caches = start_regenerating_caches(pool, rootfs, distro, seed)
         prepare_tree(recipe, rootfs, layout, distro, log, seed, tree_key)
         images = make_grub_images(recipe, rootfs, layout, work, distro, log)
-    finish_regenerating_caches(caches, log)
-    when = seed.env() if seed else {}
-    if seed:
-        done = reproducible.normalize_tree(rootfs, seed.epoch, distro.volatile_files)
-        runner.note(log, f"tree normalised: {done['removed']} volatile files removed, {done['clamped']} file times "
-                         f"clamped to SOURCE_DATE_EPOCH={seed.epoch}")
-    moved = reproducible.keep_caches_fresh(rootfs, distro.fresh_caches)
-    if moved:
-        runner.note(log, f"{moved} cache inputs made older than their caches ({', '.join(distro.fresh_caches)})")
-    partition(raw, recipe.disk.size_bytes, layout, log)
+        if seed:
+            # the folders the caches are being written to are clamped once they are done
+            done = reproducible.normalize_tree(rootfs, seed.epoch, distro.volatile_files,
+                                               skip=tuple(folder for folder, _, _ in caches))
+            runner.note(log, f"tree normalised: {done['removed']} volatile files removed, {done['clamped']} file "
+                             f"times clamped to SOURCE_DATE_EPOCH={seed.epoch}")
+        moved = reproducible.keep_caches_fresh(rootfs, distro.fresh_caches)
+        if moved:
+            runner.note(log, f"{moved} cache inputs made older than their caches "
+                             f"({', '.join(distro.fresh_caches)})")
+        partition(raw, recipe.disk.size_bytes, layout, log)
+    finish_regenerating_caches(caches, rootfs, seed, log)
     root = layout.get("root")
     ext = f"offset={root.offset}" + (f",hash_seed={seed.uuid('filesystem/root/hash-seed')}" if seed else "")
     runner.run(["mkfs.ext4", "-F", "-q", "-L", "rootfs", "-U", layout.root_uuid, "-E", ext,

@@ -72,9 +72,9 @@ def source_date_epoch(rootfs: Path, distro: Distribution) -> tuple[int, str]:
     return newest, "newest file the packages ship"
 
 
-def normalize_tree(rootfs: Path, epoch: int, volatile: tuple = ()) -> dict:
-    """Remove the volatile files, clamp /etc/shadow's last-change days and every file time to `epoch`.
-    Returns what it changed (counts, for the log)."""
+def normalize_tree(rootfs: Path, epoch: int, volatile: tuple = (), skip: tuple = ()) -> dict:
+    """Remove the volatile files, clamp /etc/shadow's last-change days and every file time to `epoch` (but
+    under the folders in `skip`, relative to `rootfs`). Returns what it changed (counts, for the log)."""
     removed = 0
     for rel in (*VOLATILE_FILES, *volatile):
         p = rootfs / rel
@@ -86,13 +86,16 @@ def normalize_tree(rootfs: Path, epoch: int, volatile: tuple = ()) -> dict:
         mid.write_text("")       # "uninitialized": each machine makes its own at first boot
     for name in ("etc/shadow",):
         _clamp_shadow(rootfs / name, epoch // _DAY)
-    return {"removed": removed, "clamped": clamp_times(rootfs, epoch)}
+    return {"removed": removed, "clamped": clamp_times(rootfs, epoch, skip)}
 
 
-def clamp_times(top: Path, epoch: int) -> int:
-    """Every file time under `top` (and its own) later than `epoch` becomes `epoch`. Returns how many."""
+def clamp_times(top: Path, epoch: int, skip: tuple = ()) -> int:
+    """Every file time under `top` (and its own) later than `epoch` becomes `epoch`, but under the folders in
+    `skip` (relative to `top`). Returns how many."""
     clamped = 0
+    skipped = {os.path.join(top, s) for s in skip}
     for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skipped]
         for n in (*dirnames, *filenames):
             p = os.path.join(dirpath, n)
             st = os.lstat(p)
