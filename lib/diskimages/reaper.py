@@ -123,12 +123,22 @@ def track_group(pid: int, what: str) -> str:
     return track("group", sid=pid, start=_start_time(pid) or 0, what=what)
 
 
+def _find_prctl():
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# looked up once, in the parent: a child forked while another thread of the parent holds the dynamic loader's
+# lock (an import, a dlopen) would wait for it forever if the child called dlopen or dlsym itself
+_PRCTL = _find_prctl()
+
+
 def die_with_parent() -> None:
     """preexec_fn for children: SIGKILL when the process that started them dies (even by SIGKILL)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except OSError:
-        pass
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 # -- reaping what dead processes left
