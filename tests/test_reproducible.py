@@ -112,6 +112,20 @@ def test_caches_checked_by_time_stay_newer_than_their_inputs_after_clamping(tmp_
                            f"[ {cache} -nt etc/default/console-setup ]"], cwd=tmp_path).returncode == 0
 
 
+def test_apt_working_folders_get_the_epoch_whether_or_not_the_build_downloaded(tmp_path):
+    """apt ships archives/partial with an old time; a build that downloads a package moves it past the epoch (then
+    clamped), one that finds every package cached does not: both must end up with the same time."""
+    epoch = 1_700_000_000
+    partial = tmp_path / "var/cache/apt/archives/partial"
+    partial.mkdir(parents=True)
+    (tmp_path / "usr/share").mkdir(parents=True)
+    for p in (partial, tmp_path / "usr/share"):
+        os.utime(p, (epoch - 86400, epoch - 86400))                     # as the packages ship them
+    reproducible.normalize_tree(tmp_path, epoch, volatile_dirs=DEBIAN.volatile_dirs)
+    assert os.lstat(partial).st_mtime == epoch
+    assert os.lstat(tmp_path / "usr/share").st_mtime == epoch - 86400   # not volatile: kept
+
+
 def test_folders_being_written_are_left_to_the_writer_and_clamped_after(tmp_path):
     """Assembly normalises the tree while fc-cache writes its cache folder: that folder is skipped, then clamped
     with its parent once the cache is done."""

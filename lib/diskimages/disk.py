@@ -324,7 +324,8 @@ def assemble(recipe: Recipe, rootfs: Path, raw: Path, work: Path, log: Optional[
         if seed:
             # the folders the caches are being written to are clamped once they are done
             done = reproducible.normalize_tree(rootfs, seed.epoch, distro.volatile_files,
-                                               skip=tuple(folder for folder, _, _ in caches))
+                                               skip=tuple(folder for folder, _, _ in caches),
+                                               volatile_dirs=distro.volatile_dirs)
             runner.note(log, f"tree normalised: {done['removed']} volatile files removed, {done['clamped']} file "
                              f"times clamped to SOURCE_DATE_EPOCH={seed.epoch}")
         moved = reproducible.keep_caches_fresh(rootfs, distro.fresh_caches)

@@ -72,9 +72,11 @@ def source_date_epoch(rootfs: Path, distro: Distribution) -> tuple[int, str]:
     return newest, "newest file the packages ship"
 
 
-def normalize_tree(rootfs: Path, epoch: int, volatile: tuple = (), skip: tuple = ()) -> dict:
+def normalize_tree(rootfs: Path, epoch: int, volatile: tuple = (), skip: tuple = (),
+                   volatile_dirs: tuple = ()) -> dict:
     """Remove the volatile files, clamp /etc/shadow's last-change days and every file time to `epoch` (but
-    under the folders in `skip`, relative to `rootfs`). Returns what it changed (counts, for the log)."""
+    under the folders in `skip`, relative to `rootfs`); the folders in `volatile_dirs` get `epoch` even when
+    older. Returns what it changed (counts, for the log)."""
     removed = 0
     for rel in (*VOLATILE_FILES, *volatile):
         p = rootfs / rel
@@ -86,7 +88,12 @@ def normalize_tree(rootfs: Path, epoch: int, volatile: tuple = (), skip: tuple =
         mid.write_text("")       # "uninitialized": each machine makes its own at first boot
     for name in ("etc/shadow",):
         _clamp_shadow(rootfs / name, epoch // _DAY)
-    return {"removed": removed, "clamped": clamp_times(rootfs, epoch, skip)}
+    clamped = clamp_times(rootfs, epoch, skip)
+    for rel in volatile_dirs:
+        p = rootfs / rel
+        if p.is_dir() and not p.is_symlink():
+            os.utime(p, (epoch, epoch))
+    return {"removed": removed, "clamped": clamped}
 
 
 def clamp_times(top: Path, epoch: int, skip: tuple = ()) -> int:

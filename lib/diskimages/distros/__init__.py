@@ -202,6 +202,9 @@ class Distribution:
 
     #: the package manager's logs and backups: times and leftovers that differ between two builds
     volatile_files: ClassVar[tuple] = ()
+    #: the package manager's working folders: their times depend on whether a build downloaded anything (an older
+    #: time shipped by the package survives a build that found every package in its cache), so they get the epoch
+    volatile_dirs: ClassVar[tuple] = ()
 
     #: caches that the system trusts only while they are newer than their inputs (`cache -nt input`), made
     #: during the build: {cache: (input, ...)}. Assembly keeps them strictly newer, which file times clamped to

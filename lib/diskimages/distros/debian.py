@@ -161,6 +161,9 @@ class Debian(Distribution):
     fresh_caches = {"etc/console-setup/cached_setup_terminal.sh": ("etc/default/keyboard",
                                                                    "etc/default/console-setup")}
 
+    volatile_dirs = ("var/cache/apt", "var/cache/apt/archives", "var/cache/apt/archives/partial",
+                     "var/lib/apt/lists", "var/lib/apt/lists/partial")
+
     volatile_files = ("var/log/dpkg.log", "var/log/apt/history.log", "var/log/apt/term.log",
                       "var/log/apt/eipp.log.xz", "var/log/alternatives.log", "var/cache/debconf/config.dat-old",
                       "var/cache/debconf/templates.dat-old", "var/lib/dpkg/status-old",
