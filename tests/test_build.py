@@ -181,6 +181,10 @@ def test_native_build_makes_one_zstd_initramfs_and_ships_first_boot_caches(minim
     assert "No zstd" not in log
     assert "Processing triggers for initramfs-tools" in log                  # the trigger ran, and made nothing
     assert "] Unpacking bash " in log                                         # timed dpkg output
+    # apt-get update started from resolution's lists a moment ago: it fetched no Packages file again
+    update = log[log.index("I: running apt-get update"):log.index("I: downloading packages with apt")]
+    assert "Hit:" in update or "Get:" in update, update
+    assert not re.search(r"Get:\d+ .* Packages \[", update), update
     kver = minimal_build.record["kernel"]
     with ImageReader(minimal_build.image) as r:
         r.debugfs(f"dump /boot/initrd.img-{kver} {r.tmp}/initrd")
@@ -198,6 +202,28 @@ def test_native_build_makes_one_zstd_initramfs_and_ships_first_boot_caches(minim
         unit = r.read("/etc/systemd/system/diskimages-ssh-keygen.service")
         assert "CPUSchedulingPolicy=idle" in unit and "After=display-manager.service" in unit
         assert r.read("/var/lib/dpkg/info/man-db.list") == "" or r.exists("/var/lib/man-db/auto-update")
+
+
+def test_initramfs_has_the_storage_drivers_and_no_network_drivers(minimal_build):
+    """A disk image's initramfs: MODULES=most's disk, bus and input drivers (virtio, AHCI, NVMe, USB storage,
+    ext4) and their hidden dependencies, but none of the network drivers only a network root needs."""
+    import zstandard
+    kver = minimal_build.record["kernel"]
+    with ImageReader(minimal_build.image) as r:
+        r.debugfs(f"dump /boot/initrd.img-{kver} {r.tmp}/initrd")
+        data = (r.tmp / "initrd").read_bytes()
+    cpio = zstandard.ZstdDecompressor().decompressobj().decompress(data[data.index(ZSTD_MAGIC):])
+    names = set(re.findall(rb"/kernel/([\w/.+-]+\.ko)", cpio))
+    for needed in (b"drivers/block/virtio_blk.ko", b"drivers/ata/ahci.ko", b"drivers/nvme/host/nvme.ko",
+                   b"drivers/usb/storage/usb-storage.ko", b"drivers/scsi/virtio_scsi.ko", b"fs/ext4/ext4.ko",
+                   b"drivers/hid/hid-generic.ko", b"drivers/pci/controller/vmd.ko",
+                   b"crypto/crc32c_generic.ko"):
+        assert needed in names, (needed, len(names))
+    # the network drivers go; the few left are what SCSI offload drivers (iSCSI, FCoE) depend on
+    net = [n for n in names if n.startswith(b"drivers/net/")]
+    assert b"drivers/net/virtio_net.ko" not in names and b"drivers/net/ethernet/intel/e1000e/e1000e.ko" not in names
+    assert len(net) < 20, net
+    assert len(names) > 300, len(names)        # MODULES=list alone would have taken almost nothing
 
 
 def test_lean_image_has_no_docs_but_keeps_licences(minimal_build, tmp_path):

@@ -28,6 +28,22 @@ def test_the_native_path_defers_the_initramfs_and_holds_man_db_back(tmp_path):
     assert "sync-in" not in text and "cp -al" in text           # the cache goes in as hard links where it can
 
 
+def test_the_native_path_starts_from_the_package_indexes_resolution_fetched(tmp_path):
+    """mmdebstrap's apt-get update starts from resolution's lists (apt then asks If-Modified-Since); a build
+    without caches fetches its own."""
+    r = load_checked("debian-12-minimal")
+    state = _state(r, tmp_path)
+    lists = state.distro.package_index_cache(state.release, r.architecture)
+    assert lists.parts[-2:] == ("state", "lists") and "bookworm" in str(lists)
+    tool = get_tool("mmdebstrap")
+    hooks = [a for a in tool.command(state, tmp_path / "root", tmp_path / "cache", tool._indexes(state))[0]
+             if a.startswith("--setup-hook=") and "/var/lib/apt/lists" in a]
+    assert len(hooks) == 1 and str(lists) in hooks[0] and "cp -p" in hooks[0]
+    state.use_cache = False
+    assert tool._indexes(state) is None
+    assert distros.get("fedora").package_index_cache(state.release, r.architecture) is None
+
+
 def test_every_tool_gets_the_release_updates_and_security_suites(tmp_path):
     r = load_checked("debian-13-xfce")
     state = _state(r, tmp_path)
@@ -41,7 +57,23 @@ def test_every_tool_gets_the_release_updates_and_security_suites(tmp_path):
     for line in state.distro.sources_lines(state.mirror, state.release):
         assert line in run["command"]
     assert "dist-upgrade" in run["command"]
-    assert doc["actions"][2]["action"] == "apt"
+    assert doc["actions"][3]["action"] == "apt"
+
+
+def test_images_boot_from_an_initramfs_without_network_drivers_in_every_tool(tmp_path):
+    """The initramfs configuration (MODULES=list and a hook adding MODULES=most's classes except `net`) is in
+    the customisation every tool runs, and debos writes it before its apt action makes the initramfs."""
+    debian = distros.get("debian")
+    for name in ("debian-13-xfce", "debian-12-minimal", "ubuntu-24.04-xubuntu"):
+        script = render_script(load_checked(name))
+        assert "MODULES=list" in script and debian.INITRAMFS_HOOK in script, name
+        assert "auto_add_modules base ide scsi block ata" in script and " net" not in debian.INITRAMFS_CLASSES
+    r = load_checked("debian-13-xfce")
+    doc = yaml.safe_load(get_tool("debos").render(_state(r, tmp_path))["debos.yaml"])
+    kinds = [(a["action"], a.get("description", "")) for a in doc["actions"]]
+    at = kinds.index(("run", "the initramfs for a local disk"))
+    assert kinds[at + 1][0] == "apt" and "MODULES=list" in doc["actions"][at]["command"]
+    assert "MODULES=list" not in render_script(load_checked("fedora-45-xfce"))
 
 
 def test_downloads_are_counted_from_what_apt_says():

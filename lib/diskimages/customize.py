@@ -115,6 +115,10 @@ def render_script(recipe: Recipe, stage: str = STAGE) -> str:
     step("keyboard")
     add(distro.keyboard_step(recipe))
 
+    if distro.initramfs_step():
+        step("initramfs for a local disk")
+        add(distro.initramfs_step())
+
     step("overlay files")
     add(f"if [ -d {STAGE}/files ]; then cp -dR --preserve=mode,timestamps,links {STAGE}/files/. /; fi")
 

@@ -280,6 +280,17 @@ class Distribution:
         its cache layout; None when this distribution's package manager does not say."""
         return None
 
+    def package_index_cache(self, release: Release, arch: str) -> Optional[Path]:
+        """The folder where resolution keeps the package manager's current indexes for this release, which a
+        build may copy in before its own index update (None: every build fetches its indexes)."""
+        return None
+
+    def initramfs_step(self) -> str:
+        """Shell that writes the initramfs generator's configuration for an image that boots from its own disk.
+        Customisation runs it (the initramfs is made after it); tools that install the kernel before they
+        customise run it before their package step too (empty: the generator's defaults)."""
+        return ""
+
     # -- the bootstrap: work a package installation repeats that a build does once, at the end
     def bootstrap_env(self) -> dict[str, str]:
         """Environment for a tool's package installation that leaves the initramfs to assembly, where

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shlex
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import re
 
@@ -26,6 +27,10 @@ def _safe_args(v) -> bool:
 
 # where apt keeps downloaded packages inside the tree mmdebstrap builds
 ARCHIVES = "/var/cache/apt/archives/"
+# apt's lists from resolution (a release's InRelease and Packages files), copied with their times: apt asks
+# the mirror If-Modified-Since and keeps them when nothing changed. Copies: apt replaces them whole
+_INDEXES_IN = ('if [ -d {indexes} ]; then mkdir -p "$1"/var/lib/apt/lists; find {indexes} -maxdepth 1 -type f '
+               '\\( -name "*_InRelease" -o -name "*_Packages*" \\) -exec cp -p -t "$1"/var/lib/apt/lists/ {{}} +; fi')
 # The package cache goes in and out as hard links when the cache and the tree share a file system (apt never
 # rewrites a downloaded package), else as copies; out, only the packages the cache lacks. mmdebstrap's own
 # sync-in/sync-out copy all of it both ways: 7 s of a 75 s Xfce build.
@@ -50,8 +55,10 @@ class Mmdebstrap(RootfsTool):
                "extra_args": ("a list of --option[=value] arguments; no hooks (they would run on the build host)",
                               _safe_args)}
 
-    def command(self, state: BuildState, rootfs: Path, cache: Path) -> tuple[list[str], str]:
-        """(argv, stdin): the mirror lines go on stdin ('-') so no mirror appears on the command line."""
+    def command(self, state: BuildState, rootfs: Path, cache: Path,
+                indexes: Optional[Path] = None) -> tuple[list[str], str]:
+        """(argv, stdin): the mirror lines go on stdin ('-') so no mirror appears on the command line.
+        `indexes`: a folder of current package indexes to start from (`Distribution.package_index_cache`)."""
         r = state.recipe
         opts = r.tool_options(self.name)
         components = opts.get("components", list(state.distro.components))
@@ -66,6 +73,8 @@ class Mmdebstrap(RootfsTool):
                 "--skip=download/empty", "--skip=essential/unlink",
                 f"--setup-hook=mkdir -p \"$1\"{ARCHIVES}",
                 f"--setup-hook={sync_in}", f"--customize-hook={sync_out}"]
+        if indexes:
+            argv.append(f"--setup-hook={_INDEXES_IN.format(indexes=shlex.quote(str(indexes)))}")
         # what the distribution holds back while its packages install (the initramfs, index caches)
         for hook, step in (("essential", state.distro.bootstrap_setup_step(r)),
                            ("customize", state.distro.bootstrap_finish_step())):
@@ -82,8 +91,16 @@ class Mmdebstrap(RootfsTool):
             argv.append("-")
         return argv, "\n".join(lines) + ("\n" if lines else "")
 
+    @staticmethod
+    def _indexes(state: BuildState, placeholder: Optional[str] = None) -> Optional[Path]:
+        """Resolution's package indexes, for a build that keeps caches (`--no-cache` fetches its own)."""
+        if not state.use_cache:
+            return None
+        found = state.distro.package_index_cache(state.release, state.recipe.architecture)
+        return Path(placeholder) if found and placeholder else found
+
     def render(self, state: BuildState) -> dict[str, str]:
-        argv, stdin = self.command(state, Path("ROOTFS"), Path("PACKAGE_CACHE"))
+        argv, stdin = self.command(state, Path("ROOTFS"), Path("PACKAGE_CACHE"), self._indexes(state, "INDEXES"))
         env = [f"{k}={shlex.quote(v)}" for k, v in state.distro.bootstrap_env().items()]
         script = " \\\n  ".join(env + [shlex.quote(a) for a in argv])
         if stdin:
@@ -112,7 +129,7 @@ class Mmdebstrap(RootfsTool):
 
     def bootstrap(self, state: BuildState, rootfs: Path) -> None:
         with self.package_cache(state) as cache:
-            argv, stdin = self.command(state, rootfs, cache)
+            argv, stdin = self.command(state, rootfs, cache, self._indexes(state))
             # mmdebstrap's own temporary files (its gpg home, apt.conf) beside the tree, in the folder the
             # reaper tracks: in /tmp they would outlive a kill -9 (it removes them only when it exits)
             tmp = rootfs.parent / "mmdebstrap-tmp"
