@@ -363,7 +363,7 @@ def assemble(recipe: Recipe, rootfs: Path, raw: Path, work: Path, log: Optional[
 
 
 def convert(raw: Path, out: Path, fmt: str, compression: str, log: Optional[Path] = None,
-            cluster_size: str = "64K", level: int = 3) -> str:
+            cluster_size: str = "64K", level: int = 4) -> str:
     """raw -> final format, written to `out` (the caller renames it into place); returns what made it."""
     if fmt == "raw":
         os.replace(raw, out)
