@@ -202,6 +202,13 @@ def test_native_build_makes_one_zstd_initramfs_and_ships_first_boot_caches(minim
         unit = r.read("/etc/systemd/system/diskimages-ssh-keygen.service")
         assert "CPUSchedulingPolicy=idle" in unit and "After=display-manager.service" in unit
         assert r.read("/var/lib/dpkg/info/man-db.list") == "" or r.exists("/var/lib/man-db/auto-update")
+        # the kernel's depmod ran in the background and was waited for: its index is there, its helper is not
+        assert "kernel/fs/ext4/ext4.ko" in r.read(f"/usr/lib/modules/{kver}/modules.dep")
+        assert not r.exists("/usr/local/sbin/depmod") and not r.exists("/var/tmp/diskimages-depmod")
+        assert not r.exists("/etc/apt/apt.conf.d/79diskimages-package-phase")
+        assert r.exists("/etc/apt/apt.conf.d/70debconf")          # debconf's pre-configuration is back
+    # and the kernel's postinst called the stand-in, first in the PATH apt gives maintainer scripts
+    assert re.search(r"diskimages: waited for [1-9]\d* depmod run", log), "depmod ran in the foreground"
 
 
 def test_initramfs_has_the_storage_drivers_and_no_network_drivers(minimal_build):

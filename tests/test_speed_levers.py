@@ -26,6 +26,13 @@ def test_the_native_path_defers_the_initramfs_and_holds_man_db_back(tmp_path):
     assert "man-db/auto-update boolean true" in text          # given back before the image is finished
     assert "zstd" in distros.get("debian").packages_for(r)     # initramfs-tools compresses with it
     assert "sync-in" not in text and "cp -al" in text           # the cache goes in as hard links where it can
+    # depmod in the background while the packages install, waited for (and its failure a build failure) after
+    setup, finish = text.index("--essential-hook="), text.index("--customize-hook=chroot")
+    assert setup < text.index("/usr/local/sbin/depmod") < finish and '/usr/sbin/depmod "$@"' in text
+    assert 'cat "$t.rc")" != 0' in text[finish:] and "rm -rf /var/tmp/diskimages-depmod" in text[finish:]
+    # apt runs maintainer scripts with that PATH and without debconf's pre-configuration, until the end
+    assert setup < text.index('DPkg::Path "/usr/local/sbin:') < text.index("#clear DPkg::Pre-Install-Pkgs") < finish
+    assert "/etc/apt/apt.conf.d/79diskimages-package-phase" in text[finish:]
 
 
 def test_the_native_path_starts_from_the_package_indexes_resolution_fetched(tmp_path):
@@ -253,3 +260,26 @@ def test_ensure_initrd_copies_a_kept_initramfs_instead_of_running_the_generator(
     with __import__("pytest").raises(runner.CommandError):
         ensure_initrd(d, root, "6.12.2-amd64", reuse_key="sha256:" + "f6" * 32)   # no entry: the generator runs
 
+
+
+def test_background_depmod_is_waited_for_and_its_failure_fails_the_package_phase(tmp_path):
+    """The stub and the wait, run for real with a stand-in depmod: the stub returns at once, the wait returns
+    only when the run ended, and a failed run fails the wait with depmod's own message."""
+    import subprocess
+    from diskimages.distros import debian
+    runs = tmp_path / "runs"
+    for outcome, code in (("sleep 1; echo built", 0), ("echo 'depmod: ERROR: no such kernel' >&2; exit 1", 1)):
+        fake = tmp_path / "depmod"
+        fake.write_text(f"#!/bin/sh\n{outcome}\n")
+        fake.chmod(0o755)
+        stub = debian._DEPMOD_STUB_TEXT.replace("/usr/sbin/depmod", str(fake)).replace(debian.DEPMOD_RUNS, str(runs))
+        wait = debian._DEPMOD_WAIT.replace(debian.DEPMOD_RUNS, str(runs)).replace(debian.DEPMOD_STUB, str(fake))
+        t0 = time.monotonic()
+        subprocess.run(["sh", "-c", stub, "depmod", "6.12.0-amd64"], check=True, timeout=5)
+        assert time.monotonic() - t0 < 0.9                      # returned before the run ended
+        done = subprocess.run(["sh", "-ec", wait], capture_output=True, text=True, timeout=10)
+        assert done.returncode == code, done.stderr
+        if code:
+            assert "no such kernel" in done.stderr and "depmod failed" in done.stderr
+        else:
+            assert time.monotonic() - t0 >= 1.0 and not runs.exists()
