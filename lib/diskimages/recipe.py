@@ -150,7 +150,7 @@ class Output(_Strict):
     def _raw(self):
         if self.format == "raw" and self.compression != "none":
             raise InputError("format raw cannot be compressed (allowed with raw: compression none)")
-        if "level" in self.model_fields_set and self.compression != "zstd":
+        if self.level != type(self).model_fields["level"].default and self.compression != "zstd":
             raise InputError(f"level {self.level} is for zstd only (allowed with compression {self.compression}: "
                              "no level)")
         return self
