@@ -10,7 +10,8 @@ packs compressed clusters. qemu reads the result like its own; the tests run `qe
 
 The layout: the header, the L1 table, the compressed clusters in disk order, then those that do not compress
 (in disk order too, each at a cluster boundary as qcow2 requires; zero clusters are left out: they read as
-zeros), the L2 tables, then the refcount table and its blocks (16-bit refcounts), every structure at a cluster boundary.
+zeros), the L2 tables, then the refcount table and its blocks (16-bit refcounts), every structure at a
+cluster boundary.
 A compressed cluster's descriptor covers whole 512-byte sectors; each host cluster those sectors touch counts
 one reference per compressed cluster, as `qemu-img check` counts them.
 """
@@ -117,7 +118,7 @@ def write(raw: Path, out: Path, *, cluster_size: int = 65536, level: int = 4, th
                 pending.append(pool.submit(_compress_batch, fd, batch, csize, level))
             drain(0)
             # An uncompressed cluster must start at a cluster boundary. Placed in disk order among compressed
-            # ones, each would leave half a cluster of padding on average (3.5 MiB of a desktop image); read
+            # ones, each would leave half a cluster of padding on average (2.5 MiB of a desktop image); read
             # again from the raw disk and put together here, they leave none.
             pos = -(-pos // csize) * csize
             f.seek(pos)

@@ -356,7 +356,7 @@ class Debian(Distribution):
     # man-db's trigger only rebuilds its index cache; it is held back while installing and re-enabled after,
     # so the image behaves as a stock one (man-db.timer builds the index). fc-cache is diverted to a no-op while
     # installing: assembly makes fontconfig's cache in the finished tree (`regenerated_caches`), and each run
-    # sleeps 2 s after writing. The kernel's depmod (3.4 s on trixie, whose modules are xz-compressed) runs on
+    # sleeps 2 s after writing. The kernel's depmod (3.5 s on trixie, whose modules are xz-compressed) runs on
     # the other core while dpkg configures the packages after it; its output is the same.
     def bootstrap_env(self) -> dict[str, str]:
         return {"INITRD": "No"}
