@@ -261,7 +261,6 @@ def test_ensure_initrd_copies_a_kept_initramfs_instead_of_running_the_generator(
         ensure_initrd(d, root, "6.12.2-amd64", reuse_key="sha256:" + "f6" * 32)   # no entry: the generator runs
 
 
-
 def test_background_depmod_is_waited_for_and_its_failure_fails_the_package_phase(tmp_path):
     """The stub and the wait, run for real with a stand-in depmod: the stub returns at once, the wait returns
     only when the run ended, and a failed run fails the wait with depmod's own message."""

@@ -99,9 +99,9 @@ class Debos(DiskTool):
                                "command": "set -e\n" + state.distro.sources_step(lines)})
         # the kernel's packages make the initramfs in the apt action, before customisation writes this
         if state.distro.initramfs_step():
-            actions.insert(len(actions) - 1, {"action": "run", "chroot": True,
-                                              "description": "the initramfs for a local disk",
-                                              "command": "set -e\n" + state.distro.initramfs_step()})
+            apt = next(i for i, a in enumerate(actions) if a["action"] == "apt")
+            actions.insert(apt, {"action": "run", "chroot": True, "description": "the initramfs for a local disk",
+                                 "command": "set -e\n" + state.distro.initramfs_step()})
         if r.files:
             actions.append({"action": "overlay", "description": "the recipe's files", "source": files_src})
         actions.append({"action": "overlay", "description": "customize.sh and the recipe's scripts (staged)",
