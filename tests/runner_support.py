@@ -165,8 +165,14 @@ def run_github_job(job: dict, root: Path, workspace: str, expressions: Expressio
             continue
         env = {**base, **env_job, **{k: ex(v) for k, v in (step.get("env") or {}).items()}}
         status = run_in_root(root, ex(step["run"]), cwd=workspace, env=env, log=log)
-        assert status == 0, f"step {step.get('name', step['run'][:60])!r} exited {status}: see {log}"
+        assert status == 0, (f"step {step.get('name', step['run'][:60])!r} exited {status}; the end of {log}:\n"
+                             + log_tail(log))
     return step_outputs(root)
+
+
+def log_tail(log: Path, lines: int = 60) -> str:
+    """The last lines of a runner log, for a failure message: CI keeps the report, not the temporary folder."""
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 
