@@ -112,3 +112,23 @@ def test_a_tcg_int3_oops_is_recognised(tmp_path):
     assert _tcg_int3_oops(log)
     log.write_bytes(b"[    2.1] Kernel panic - not syncing: VFS: Unable to mount root fs\n")
     assert not _tcg_int3_oops(log) and not _tcg_int3_oops(tmp_path / "missing")
+
+
+class _LeaseAfter:
+    """A machine whose DHCP lease shows up on the n-th look, as a guest's does a few seconds after its login
+    prompt (libvirt's lease table is what `ip()` reads)."""
+
+    def __init__(self, n):
+        self.looks, self.n = 0, n
+
+    def ip(self):
+        self.looks += 1
+        return "192.168.122.50" if self.looks >= self.n else None
+
+
+def test_the_address_is_waited_for_not_read_once():
+    from diskimages.vm import wait_ip
+    m = _LeaseAfter(3)
+    assert wait_ip(m, timeout=30) == "192.168.122.50" and m.looks == 3
+    never = _LeaseAfter(10**6)
+    assert wait_ip(never, timeout=1.5) is None and 2 <= never.looks <= 4

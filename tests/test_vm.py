@@ -56,6 +56,7 @@ def test_keep_ssh_stop_and_fresh_identity_per_boot(minimal_build, no_libvirtd, t
     res = boot_check(minimal_build.image, minimal_build.record, backend="libvirt", screenshot_dir=tmp_path)
     assert res.passed, res.reason
     assert res.ip and res.ssh["gateway_reachable"] == "yes"
+    assert res.milestones["login"] <= res.milestones["lease"] <= res.milestones["ssh"], res.milestones
     assert len(res.ssh["machine-id"]) == 32 and res.ssh["machine-id"] != machine_id_1
     assert res.ssh["hostkey"] and res.probe["hostkey"] == res.ssh["hostkey"]
     import hashlib
@@ -74,3 +75,4 @@ def test_unbootable_image_fails_clearly_and_leaves_nothing(no_libvirtd, tmp_path
 def test_ssh_to_unknown_vm_names_known_ones(no_libvirtd):
     r = cli("ssh", "nope", "--", "true")
     assert r.returncode == 2 and "no VM named 'nope' (known: none)" in r.stderr
+

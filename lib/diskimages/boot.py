@@ -40,6 +40,7 @@ FAILURES = [
 NO_OUTPUT_S = 45        # nothing at all on the serial console by then (GRUB prints within ~5 s even under TCG)
 SETTLE_EVERY_S = 1.0      # how often the screen is sampled once the session runs
 SETTLED_FOR_S = 5.0       # unchanged this long: settled (reported as the moment it stopped changing)
+LEASE_TIMEOUT = 120      # seconds from the login prompt or desktop to a DHCP lease (TCG, a busy host)
 MIN_DESKTOP_COLOURS = 256   # a drawn desktop (wallpaper, panel, icons); a bare X screen with a cursor has < 100
 
 
@@ -204,12 +205,14 @@ echo unmounted=$(awk '!/^#/ && $2 ~ "^/" && $3 != "swap" && $4 !~ /(^|,)noauto(,
 
 def _ssh_phase(m, res: BootResult, uid: Optional[int]) -> None:
     """Over SSH (a key that exists only in this boot's copy): the desktop session, network, first-boot state."""
-    from .vm import wait_ssh
+    from .vm import wait_ip, wait_ssh
     t0 = m.elapsed()
-    res.ip = m.ip()
+    res.ip = wait_ip(m, LEASE_TIMEOUT)
     if not res.ip:
-        res.passed, res.reason = False, "no IP address from the libvirt network's DHCP lease"
+        res.passed, res.reason = False, (f"no IP address from the libvirt network's DHCP lease within "
+                                         f"{LEASE_TIMEOUT} s of the {res.expect}")
         return
+    res.milestones["lease"] = m.elapsed()
     key = m.dir / "ssh/id_ed25519"
     try:
         wait_ssh(key, res.ip)

@@ -257,7 +257,7 @@ def milestones(df, recipe: Optional[str] = None):
     if df.empty:
         return pd.DataFrame()
     sub = df[df["status"] == "built"] if recipe is None else df[(df["recipe"] == recipe) & (df["status"] == "built")]
-    order = [m for m, _ in MILESTONES] + ["ip", "session", "desktop", "ssh"]
+    order = [m for m, _ in MILESTONES] + ["ip", "session", "desktop", "lease", "ssh"]
     cols = [f"boot_{m}_s" for m in order if f"boot_{m}_s" in sub and sub[f"boot_{m}_s"].notna().any()]
     out = sub[["tool", "recipe"] + cols].rename(columns={c: c[5:-2] for c in cols})
     return out.reset_index(drop=True)

@@ -284,6 +284,18 @@ def ssh_run(key: Path, ip: Optional[str], command: str, timeout: float = 60, use
     return subprocess.run(argv, capture_output=not tty, text=True, timeout=timeout)
 
 
+def wait_ip(machine, timeout: float = 120) -> Optional[str]:
+    """The VM's IPv4 address from the libvirt network's DHCP lease, once there is one (None after `timeout`): the
+    login prompt, or the desktop, can come before the guest's DHCP exchange ends, since neither networkd nor
+    NetworkManager holds up multi-user.target."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ip = machine.ip()
+        if ip or time.monotonic() >= deadline:
+            return ip
+        time.sleep(1)
+
+
 def wait_ssh(key: Path, ip: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     last = ""
