@@ -17,6 +17,7 @@ import pytest
 
 from diskimages import libvirt_host, scratch
 from diskimages.paths import cache_dir
+from diskimages.build import DISK_PREFIX
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -86,6 +87,7 @@ def assert_nothing_left(folder: Path, loops_before: str):
     assert not [p for p in folder.rglob("*") if p.name.startswith(".work-") or p.name.endswith(".partial")]
     # a root tree made in memory (scratch.py) goes too, with whatever ran in it
     assert not list(scratch.MEMORY.glob("diskimages-tree-*")) and processes_mentioning("diskimages-tree-") == []
+    assert not list(scratch.MEMORY.glob(f"{DISK_PREFIX}*"))      # and a raw disk assembled in memory
     assert mounts_under(scratch.MEMORY / "diskimages-tree-") == []
     assert dead_owner_records() == []
     return gc.stdout

@@ -35,3 +35,12 @@ def test_a_bad_value_names_the_variable_and_the_choices(monkeypatch):
 
 def test_only_a_tmpfs_that_may_run_programs_is_used(tmp_path):
     assert scratch.memory_unusable(GiB, tmp_path) == f"{tmp_path} is not a tmpfs"
+
+
+def test_the_raw_disk_goes_to_memory_only_beside_a_tree_there_when_both_fit():
+    assert scratch.choose_disk(GiB, None) == (None, "")           # a tree in the work folder: the disk too
+    if scratch.memory_unusable(2 * GiB) is None:
+        assert scratch.choose_disk(GiB, scratch.MEMORY) == (scratch.MEMORY, "; the raw disk too")
+    base, why = scratch.choose_disk(1 << 49, scratch.MEMORY)      # the tree may fit, the two together do not
+    assert base is None and why.startswith("; the raw disk in the work folder: /dev/shm")
+    assert "the tree and the raw disk may need 1048576.0 GiB" in why

@@ -132,3 +132,27 @@ def test_the_address_is_waited_for_not_read_once():
     assert wait_ip(m, timeout=30) == "192.168.122.50" and m.looks == 3
     never = _LeaseAfter(10**6)
     assert wait_ip(never, timeout=1.5) is None and 2 <= never.looks <= 4
+
+
+def test_a_chrooted_program_is_seen_asleep_only_while_it_sleeps(tmp_path):
+    """Assembly makes the disk while fc-cache does its closing 2 s sleep: the sleep is told from work by the
+    program's kernel wait channel, for the copy running in the tree (the host's root stands in for one)."""
+    import shutil
+    import time
+    from pathlib import Path
+    from diskimages.disk import _asleep
+    sleeper, busy = tmp_path / "zzsleeper", tmp_path / "zzbusy"
+    shutil.copy(shutil.which("sleep"), sleeper)
+    shutil.copy(shutil.which("yes"), busy)
+    procs = [subprocess.Popen([str(sleeper), "30"]),
+             subprocess.Popen([str(busy)], stdout=subprocess.DEVNULL)]
+    try:
+        time.sleep(0.5)
+        assert _asleep(Path("/"), "zzsleeper")
+        assert not _asleep(Path("/"), "zzbusy")
+        assert not _asleep(tmp_path, "zzsleeper")          # the same program in another root is not the one
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert not _asleep(Path("/"), "zzsleeper")

@@ -35,6 +35,7 @@ def phases_of(tool: Tool, distro=None) -> tuple[str, ...]:
 
 
 WORK_PREFIX = ".work-"
+DISK_PREFIX = "diskimages-disk-"     # a raw disk being assembled in memory (scratch.choose_disk)
 
 
 @dataclass
@@ -282,6 +283,8 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
             if state.tree_key is None else "on"
     tree_base, state.scratch = scratch.choose(recipe.disk.size_bytes) if t.produces == "rootfs" else \
         (None, f"{t.name} makes the whole disk in its own work space")
+    raw_base, raw_where = scratch.choose_disk(recipe.disk.size_bytes, tree_base)
+    state.scratch += raw_where
     check_mirror(state)
     reaper.reap(say=True)
     log.write_text("")
@@ -290,22 +293,24 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
     with signals_as_exceptions():
         try:
             work.mkdir()
-            raw = work / "disk.raw"
-            with (reaper.temp_dir(f"diskimages-tree-{recipe.name}.{t.name}-", tree_base) if tree_base
-                  else contextlib.nullcontext(None)) as state.tree_home, _services(t, state):
-                info = t.execute(state, raw)
-            allocated = measure.allocated_bytes(raw)
-            _count_downloads(state, log)
-            sbom = _manifest(raw, state, t, final, work)
-            if resolved and sbom.get("manifest") and t.installs_as_resolved:
-                _check_resolution(resolved, work / "manifest.spdx.json", state)
-            with phase(COMPRESS):
-                compressed_by = disk.convert(raw, partial, recipe.output.format, recipe.output.compression,
-                                             log=log, cluster_size=recipe.output.cluster_size,
-                                             level=recipe.output.level)
-                subprocess.run(["qemu-img", "check", "-q", str(partial)], check=recipe.output.format == "qcow2",
-                               capture_output=True)
-                sha = measure.sha256_file(partial)
+            with (reaper.temp_dir(f"{DISK_PREFIX}{recipe.name}.{t.name}-", raw_base) if raw_base
+                  else contextlib.nullcontext(work)) as raw_home:
+                raw = raw_home / "disk.raw"
+                with (reaper.temp_dir(f"diskimages-tree-{recipe.name}.{t.name}-", tree_base) if tree_base
+                      else contextlib.nullcontext(None)) as state.tree_home, _services(t, state):
+                    info = t.execute(state, raw)
+                allocated = measure.allocated_bytes(raw)
+                _count_downloads(state, log)
+                sbom = _manifest(raw, state, t, final, work)
+                if resolved and sbom.get("manifest") and t.installs_as_resolved:
+                    _check_resolution(resolved, work / "manifest.spdx.json", state)
+                with phase(COMPRESS):
+                    compressed_by = disk.convert(raw, partial, recipe.output.format, recipe.output.compression,
+                                                 log=log, cluster_size=recipe.output.cluster_size,
+                                                 level=recipe.output.level)
+                    subprocess.run(["qemu-img", "check", "-q", str(partial)],
+                                   check=recipe.output.format == "qcow2", capture_output=True)
+                    sha = measure.sha256_file(partial)
             os.replace(partial, final)
             if sbom.get("manifest"):
                 os.replace(work / "manifest.spdx.json", output_dir / sbom["manifest"])

@@ -18,6 +18,7 @@ import re
 import shutil
 import struct
 import subprocess
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -137,10 +138,9 @@ menuentry '{title.replace("'", "")}' {{
 
 def start_regenerating_caches(pool: ThreadPoolExecutor, rootfs: Path, distro: Distribution,
                               seed: Optional[Seed]) -> list:
-    """The distribution's `regenerated_caches`, made inside the tree beside the boot configuration (fc-cache
-    sleeps 2 s after writing; it runs while the tree is normalised and the disk partitioned). Seeded, their
-    inputs are clamped first, so the caches record the times the image keeps. `finish_regenerating_caches`
-    waits for them."""
+    """The distribution's `regenerated_caches`, made inside the tree beside the boot configuration. Seeded, their
+    inputs are clamped first, so the caches record the times the image keeps. `caches_written` waits until
+    they are written, `finish_regenerating_caches` until their commands have ended."""
     jobs = []
     for folder, cache in distro.regenerated_caches.items():
         if not any((rootfs / d / cache.command[0]).is_file() for d in ("usr/bin", "usr/sbin", "bin", "sbin")):
@@ -154,14 +154,36 @@ def start_regenerating_caches(pool: ThreadPoolExecutor, rootfs: Path, distro: Di
     return jobs
 
 
-def finish_regenerating_caches(jobs: list, rootfs: Path, seed: Optional[Seed],
-                               log: Optional[Path] = None) -> None:
-    """Waits for `start_regenerating_caches`' jobs; seeded, clamps the folders they wrote to (and the folder
-    holding each: the clamp of the rest of the tree skipped them)."""
+def _asleep(rootfs: Path, program: str) -> bool:
+    """Whether `program`, running chrooted in `rootfs`, is blocked in a sleep (False where /proc does not say)."""
+    root = str(Path(rootfs).resolve())
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if (d / "comm").read_text().strip() == program[:15] and os.readlink(d / "root") == root:
+                return (d / "wchan").read_text().strip() in ("hrtimer_nanosleep", "do_nanosleep")
+        except OSError:
+            continue
+    return False
+
+
+def caches_written(jobs: list, rootfs: Path, seed: Optional[Seed]) -> None:
+    """Waits until each of `start_regenerating_caches`' commands has ended or sleeps; seeded, then clamps the
+    folders they wrote to (and the folder holding each: the clamp of the rest of the tree skipped them).
+    fc-cache's last act, once its caches are written and closed, is a fixed 2 s sleep (so that later changes
+    get newer times than those it recorded; here every time is clamped anyway): the disk is made meanwhile."""
     for folder, cmd, job in jobs:
-        out = job.result().strip()              # a failed command raises here
+        while not job.done() and not _asleep(rootfs, cmd[0]):
+            time.sleep(0.02)
         if seed and (rootfs / folder).is_dir():
             reproducible.clamp_times((rootfs / folder).parent, seed.epoch)
+
+
+def finish_regenerating_caches(jobs: list, log: Optional[Path] = None) -> None:
+    """Waits for `start_regenerating_caches`' commands to end: a failed one raises here."""
+    for folder, cmd, job in jobs:
+        out = job.result().strip()
         runner.note(log, f"/{folder} made in the finished tree ({' '.join(cmd)})" +
                     (f": {out[-300:]}" if out else ""))
 
@@ -316,24 +338,32 @@ def assemble(recipe: Recipe, rootfs: Path, raw: Path, work: Path, log: Optional[
     from the same inputs is reused; None: made and not kept)."""
     distro, _ = distros.for_recipe(recipe)
     layout = plan_layout(recipe, seed)
-    when = seed.env() if seed else {}
     with ThreadPoolExecutor(max_workers=1) as pool:
         caches = start_regenerating_caches(pool, rootfs, distro, seed)
-        prepare_tree(recipe, rootfs, layout, distro, log, seed, tree_key)
-        images = make_grub_images(recipe, rootfs, layout, work, distro, log)
-        if seed:
-            # the folders the caches are being written to are clamped once they are done
-            done = reproducible.normalize_tree(rootfs, seed.epoch, distro.volatile_files,
-                                               skip=tuple(folder for folder, _, _ in caches),
-                                               volatile_dirs=distro.volatile_dirs)
-            runner.note(log, f"tree normalised: {done['removed']} volatile files removed, {done['clamped']} file "
-                             f"times clamped to SOURCE_DATE_EPOCH={seed.epoch}")
-        moved = reproducible.keep_caches_fresh(rootfs, distro.fresh_caches)
-        if moved:
-            runner.note(log, f"{moved} cache inputs made older than their caches "
-                             f"({', '.join(distro.fresh_caches)})")
-        partition(raw, recipe.disk.size_bytes, layout, log)
-    finish_regenerating_caches(caches, rootfs, seed, log)
+        _assemble_beside(recipe, rootfs, raw, work, distro, layout, caches, log, seed, tree_key)
+        finish_regenerating_caches(caches, log)
+    return layout
+
+
+def _assemble_beside(recipe: Recipe, rootfs: Path, raw: Path, work: Path, distro: Distribution, layout: Layout,
+                     caches: list, log: Optional[Path], seed: Optional[Seed], tree_key: Optional[str]) -> None:
+    """`assemble` while the caches are being regenerated (`caches`)."""
+    when = seed.env() if seed else {}
+    prepare_tree(recipe, rootfs, layout, distro, log, seed, tree_key)
+    images = make_grub_images(recipe, rootfs, layout, work, distro, log)
+    if seed:
+        # the folders the caches are being written to are clamped once they are done
+        done = reproducible.normalize_tree(rootfs, seed.epoch, distro.volatile_files,
+                                           skip=tuple(folder for folder, _, _ in caches),
+                                           volatile_dirs=distro.volatile_dirs)
+        runner.note(log, f"tree normalised: {done['removed']} volatile files removed, {done['clamped']} file "
+                         f"times clamped to SOURCE_DATE_EPOCH={seed.epoch}")
+    moved = reproducible.keep_caches_fresh(rootfs, distro.fresh_caches)
+    if moved:
+        runner.note(log, f"{moved} cache inputs made older than their caches "
+                         f"({', '.join(distro.fresh_caches)})")
+    partition(raw, recipe.disk.size_bytes, layout, log)
+    caches_written(caches, rootfs, seed)
     root = layout.get("root")
     ext = f"offset={root.offset}" + (f",hash_seed={seed.uuid('filesystem/root/hash-seed')}" if seed else "")
     runner.run(["mkfs.ext4", "-F", "-q", "-L", "rootfs", "-U", layout.root_uuid, "-E", ext,
@@ -359,7 +389,6 @@ def assemble(recipe: Recipe, rootfs: Path, raw: Path, work: Path, log: Optional[
     bios = layout.get("bios")
     if bios:
         embed_grub_bios(raw, images["bios"], images["boot"], bios)
-    return layout
 
 
 def convert(raw: Path, out: Path, fmt: str, compression: str, log: Optional[Path] = None,
