@@ -205,6 +205,8 @@ def test_native_build_makes_one_zstd_initramfs_and_ships_first_boot_caches(minim
         # the kernel's depmod ran in the background and was waited for: its index is there, its helper is not
         assert "kernel/fs/ext4/ext4.ko" in r.read(f"/usr/lib/modules/{kver}/modules.dep")
         assert not r.exists("/usr/local/sbin/depmod") and not r.exists("/var/tmp/diskimages-depmod")
+        assert not r.exists("/usr/local/sbin/diskimages-depmod-early")
+        assert not r.exists("/etc/dpkg/dpkg.cfg.d/79diskimages-package-phase")
         assert not r.exists("/etc/apt/apt.conf.d/79diskimages-package-phase")
         assert r.exists("/etc/apt/apt.conf.d/70debconf")          # debconf's pre-configuration is back
     # and the kernel's postinst called the stand-in, first in the PATH apt gives maintainer scripts

@@ -30,6 +30,9 @@ def test_the_native_path_defers_the_initramfs_and_holds_man_db_back(tmp_path):
     setup, finish = text.index("--essential-hook="), text.index("--customize-hook=chroot")
     assert setup < text.index("/usr/local/sbin/depmod") < finish and '/usr/sbin/depmod "$@"' in text
     assert 'cat "$t.rc")" != 0' in text[finish:] and "rm -rf /var/tmp/diskimages-depmod" in text[finish:]
+    # started as soon as dpkg has unpacked the kernel's modules, by dpkg's own hook, removed at the end
+    assert setup < text.index("post-invoke=/usr/local/sbin/diskimages-depmod-early") < finish
+    assert "/etc/dpkg/dpkg.cfg.d/79diskimages-package-phase" in text[finish:]
     # apt runs maintainer scripts with that PATH and without debconf's pre-configuration, until the end
     assert setup < text.index('DPkg::Path "/usr/local/sbin:') < text.index("#clear DPkg::Pre-Install-Pkgs") < finish
     assert "/etc/apt/apt.conf.d/79diskimages-package-phase" in text[finish:]
@@ -282,3 +285,47 @@ def test_background_depmod_is_waited_for_and_its_failure_fails_the_package_phase
             assert "no such kernel" in done.stderr and "depmod failed" in done.stderr
         else:
             assert time.monotonic() - t0 >= 1.0 and not runs.exists()
+
+
+def test_a_kernels_depmod_starts_once_its_modules_are_unpacked_and_is_not_run_twice(tmp_path):
+    """dpkg's post-invoke hook, the stub and the wait, run for real with a stand-in depmod and module folder:
+    the hook starts one run per kernel, the postinst's `depmod VERSION` is then skipped, unless a module came
+    after the early run started."""
+    import subprocess
+    from diskimages.distros import debian
+    runs, modules, calls = tmp_path / "runs", tmp_path / "modules", tmp_path / "calls"
+    fake, stub_path = tmp_path / "depmod", tmp_path / "stub"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    fake.chmod(0o755)
+
+    def adapt(text):
+        return (text.replace("/usr/sbin/depmod", str(fake)).replace(debian.DEPMOD_RUNS, str(runs))
+                .replace(debian.DEPMOD_STUB, str(stub_path)).replace("/lib/modules", str(modules)))
+
+    def install_stub():                        # the wait removes it, as it does in the image
+        stub_path.write_text(adapt(debian._DEPMOD_STUB_TEXT))
+        stub_path.chmod(0o755)
+    install_stub()
+    hook, wait = adapt(debian._DEPMOD_EARLY_TEXT), adapt(debian._DEPMOD_WAIT)
+    kernel = modules / "6.12.0-amd64"
+    (kernel / "kernel").mkdir(parents=True)
+    subprocess.run(["sh", "-c", hook], check=True, timeout=5)            # a dpkg run before the kernel's
+    assert not runs.exists()
+    (kernel / "kernel/ext4.ko.xz").write_bytes(b"")
+    (kernel / "modules.order").write_text("kernel/ext4.ko\n")
+    for _ in range(2):                                                    # the kernel's run, then a later one
+        subprocess.run(["sh", "-c", hook], check=True, timeout=5)
+    subprocess.run([str(stub_path), "6.12.0-amd64"], check=True, timeout=5)   # the postinst: skipped
+    done = subprocess.run(["sh", "-ec", wait], capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0 and "waited for 1 depmod runs" in done.stdout, done.stderr
+    assert calls.read_text() == "6.12.0-amd64\n"
+
+    # a module unpacked after the early run began: the postinst's depmod runs again
+    calls.unlink()
+    install_stub()
+    subprocess.run(["sh", "-c", hook], check=True, timeout=5)
+    time.sleep(0.05)
+    (kernel / "kernel/extra.ko.xz").write_bytes(b"")
+    subprocess.run([str(stub_path), "6.12.0-amd64"], check=True, timeout=5)
+    done = subprocess.run(["sh", "-ec", wait], capture_output=True, text=True, timeout=10)
+    assert "waited for 2 depmod runs" in done.stdout and calls.read_text() == "6.12.0-amd64\n" * 2
