@@ -1,4 +1,4 @@
-"""The main job: the default recipe (Debian 12 Xfce) builds with mmdebstrap and boots to the autologin user's
+"""The main job: the Debian 12 Xfce recipe builds with mmdebstrap and boots to the autologin user's
 desktop, shown in a screenshot."""
 import pytest
 
@@ -24,6 +24,8 @@ def test_default_desktop_image_boots_to_the_autologin_desktop(tmp_path):
     # own), and Xorg did not load Mesa to try glamor on QEMU's VGA
     assert check.ssh["user_font_cache"] == "no", check.ssh
     assert check.ssh["xorg_accel"] == "glamor_disabled", check.ssh
+    # a polkit agent runs in the session (NetworkManager and the rest ask the user through it), polkitd answers
+    assert check.ssh["polkit_agent"] == "polkit-gnome-authentication-agent-1" and check.ssh["polkitd"] == "yes"
     assert len(check.probe["machine-id"]) == 32
     from PIL import Image
     img = Image.open(check.screenshot)

@@ -296,3 +296,17 @@ def test_content_key_follows_the_recipe_and_the_resolved_packages(tmp_path):
     assert content_key(recipe, get_tool("debos"))[0] not in (k1, None)
     fedora = content_key(load_checked("fedora-45-xfce"), get_tool("mkosi"))
     assert fedora[0] is None and "not implemented" in fedora[1]["content_key_missing"]
+
+
+def test_an_xfce_image_gets_the_polkit_agent_its_release_starts_in_xfce():
+    """trixie's Xfce gets mate-polkit (xfce4's own recommendation): without it apt met network-manager-gnome's
+    `polkit-1-auth-agent` with ukui-polkit, which never starts in Xfce and brought 96 packages of Qt 5, OpenCV
+    and GDAL but no polkitd. bookworm's comes with network-manager-gnome; other desktops bring their own."""
+    debian = distros.get("debian")
+
+    def packages(name):
+        return debian.packages_for(load_checked(name))
+    assert "mate-polkit" in packages("debian-13-xfce")
+    assert "mate-polkit" not in packages("debian-12-xfce") and "mate-polkit" not in packages("debian-13-minimal")
+    ubuntu = load_checked("ubuntu-24.04-xubuntu")
+    assert "mate-polkit" not in distros.get(ubuntu.distro).packages_for(ubuntu)

@@ -198,6 +198,8 @@ echo gateway=$gw
 if timeout 5 bash -c "echo > /dev/tcp/$gw/53" 2>/dev/null; then echo gateway_reachable=yes; else echo gateway_reachable=no; fi
 home=$(getent passwd {uid} | cut -d: -f6)
 if [ -n "$home" ] && [ -d "$home/.cache/fontconfig" ]; then echo user_font_cache=yes; else echo user_font_cache=no; fi
+echo polkit_agent=$(for d in /proc/[0-9]*; do [ "$(stat -c %u $d 2>/dev/null)" = "{uid}" ] && tr '\\0' ' ' < $d/cmdline 2>/dev/null | grep -o -m1 -E 'polkit-[a-z]+-authentication-agent-1'; done | head -1)
+echo polkitd=$(pgrep -x polkitd > /dev/null && echo yes || echo no)
 echo xorg_accel=$(grep -o -m1 -E 'glamor (disabled|initialized)|glamor initialization failed' /var/log/Xorg.0.log 2>/dev/null | tr ' ' _)
 echo unmounted=$(awk '!/^#/ && $2 ~ "^/" && $3 != "swap" && $4 !~ /(^|,)noauto(,|$)/ {print $2}' /etc/fstab | while read -r m; do mountpoint -q "$m" || echo "$m"; done)
 """

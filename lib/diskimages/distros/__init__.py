@@ -73,6 +73,8 @@ class Distribution:
     #: architecture -> None when images are built for it, else why not (refused at validation with this)
     architectures: ClassVar[dict[str, Optional[str]]] = {"amd64": None}
     desktops: ClassVar[dict[str, DesktopSpec]] = {}
+    #: what a desktop needs beyond its DesktopSpec on one release: {(desktop, codename): (package, ...)}
+    desktop_extras: ClassVar[dict[tuple[str, str], tuple[str, ...]]] = {}
     #: a package name of this distribution (validation of `packages`)
     package_name_pattern: ClassVar[str] = r"[A-Za-z0-9][A-Za-z0-9+._-]*"
     package_manager: ClassVar[str] = ""
@@ -186,11 +188,15 @@ class Distribution:
 
     def packages_for(self, recipe: Recipe) -> list[str]:
         pkgs = [*self.base_packages, *self.kernel_packages(recipe.architecture),
-                *self.bootloader_packages(recipe.architecture), *self.desktops[recipe.desktop].packages,
-                *recipe.packages]
+                *self.bootloader_packages(recipe.architecture), *self.desktop_packages(recipe), *recipe.packages]
         if any(u.sudo or u.sudo_nopasswd for u in recipe.users):
             pkgs.append("sudo")
         return list(dict.fromkeys(pkgs))
+
+    def desktop_packages(self, recipe: Recipe) -> tuple[str, ...]:
+        """The packages of the recipe's desktop on its release."""
+        return (self.desktops[recipe.desktop].packages +
+                self.desktop_extras.get((recipe.desktop, self.release(recipe.release).codename), ()))
 
     def install_command(self, packages: list[str]) -> str:
         """Shell that installs `packages` in a running system of this distribution (the VM builders)."""

@@ -130,6 +130,12 @@ class Debian(Distribution):
         "lxqt": DesktopSpec(("lxqt-core", "sddm") + _NM + _X, "sddm", "lxqt", min_disk_gib=3),
     }
 
+    # Xfce's polkit agent: on bookworm network-manager-gnome brings policykit-1-gnome. trixie has no such package,
+    # and without Recommends apt met its `polkit-1-auth-agent` with ukui-polkit, which starts only in UKUI and MATE
+    # sessions, brings no polkitd (so NetworkManager refused the user) and pulls in 96 packages of Qt 5, OpenCV
+    # and GDAL. xfce4 recommends mate-polkit, which starts in Xfce.
+    desktop_extras = {("xfce", "trixie"): ("mate-polkit",)}
+
     def supported_locales(self) -> dict[str, str]:
         """Debian's list of supported locales (the `locales` package's SUPPORTED file, shipped here)."""
         text = (Path(__file__).parent / "debian-locales.txt").read_text()
