@@ -338,57 +338,52 @@ def assemble(recipe: Recipe, rootfs: Path, raw: Path, work: Path, log: Optional[
     from the same inputs is reused; None: made and not kept)."""
     distro, _ = distros.for_recipe(recipe)
     layout = plan_layout(recipe, seed)
+    when = seed.env() if seed else {}
+    # the pool lives until the disk is made: fc-cache's closing sleep overlaps mkfs (`caches_written`)
     with ThreadPoolExecutor(max_workers=1) as pool:
         caches = start_regenerating_caches(pool, rootfs, distro, seed)
-        _assemble_beside(recipe, rootfs, raw, work, distro, layout, caches, log, seed, tree_key)
+        prepare_tree(recipe, rootfs, layout, distro, log, seed, tree_key)
+        images = make_grub_images(recipe, rootfs, layout, work, distro, log)
+        if seed:
+            # the folders the caches are being written to are clamped once they are done
+            done = reproducible.normalize_tree(rootfs, seed.epoch, distro.volatile_files,
+                                               skip=tuple(folder for folder, _, _ in caches),
+                                               volatile_dirs=distro.volatile_dirs)
+            runner.note(log, f"tree normalised: {done['removed']} volatile files removed, {done['clamped']} file "
+                             f"times clamped to SOURCE_DATE_EPOCH={seed.epoch}")
+        moved = reproducible.keep_caches_fresh(rootfs, distro.fresh_caches)
+        if moved:
+            runner.note(log, f"{moved} cache inputs made older than their caches "
+                             f"({', '.join(distro.fresh_caches)})")
+        partition(raw, recipe.disk.size_bytes, layout, log)
+        caches_written(caches, rootfs, seed)
+        root = layout.get("root")
+        ext = f"offset={root.offset}" + (f",hash_seed={seed.uuid('filesystem/root/hash-seed')}" if seed else "")
+        runner.run(["mkfs.ext4", "-F", "-q", "-L", "rootfs", "-U", layout.root_uuid, "-E", ext,
+                    "-d", rootfs, raw, f"{root.size * SECTOR // 1024}k"], log=log,
+                   env={"E2FSPROGS_FAKE_TIME": str(seed.epoch)} if seed else None)
+        if seed:
+            reproducible.pin_inode_times(f"{raw}?offset={root.offset}", seed.epoch, work, log)
+        esp = layout.get("esp")
+        if esp:
+            # --invariant: the volume label's time is a constant (mkfs.fat ignores SOURCE_DATE_EPOCH for it). It
+            # also sets the volume id to 1234-ABCD, so it must come before -i: mkfs.fat applies its options in
+            # order, and fstab mounts /boot/efi by this id
+            runner.run(["mkfs.fat", "-F", "32", "-s", "1", "-n", "ESP", *(["--invariant"] if seed else []),
+                        "-i", layout.esp_id, "--offset", str(esp.start), raw, str(esp.size * SECTOR // 1024)],
+                       log=log, env=when or None)
+            target = f"{raw}@@{esp.offset}"
+            env = {"MTOOLS_SKIP_CHECK": "1", **when}
+            if seed:
+                os.utime(images["uefi"], (seed.epoch, seed.epoch))
+            runner.run(["mmd", "-i", target, "::/EFI", "::/EFI/BOOT"], env=env, log=log)
+            runner.run(["mcopy", "-m", "-i", target, images["uefi"], f"::/EFI/BOOT/{images['uefi'].name}"],
+                       env=env, log=log)
+        bios = layout.get("bios")
+        if bios:
+            embed_grub_bios(raw, images["bios"], images["boot"], bios)
         finish_regenerating_caches(caches, log)
     return layout
-
-
-def _assemble_beside(recipe: Recipe, rootfs: Path, raw: Path, work: Path, distro: Distribution, layout: Layout,
-                     caches: list, log: Optional[Path], seed: Optional[Seed], tree_key: Optional[str]) -> None:
-    """`assemble` while the caches are being regenerated (`caches`)."""
-    when = seed.env() if seed else {}
-    prepare_tree(recipe, rootfs, layout, distro, log, seed, tree_key)
-    images = make_grub_images(recipe, rootfs, layout, work, distro, log)
-    if seed:
-        # the folders the caches are being written to are clamped once they are done
-        done = reproducible.normalize_tree(rootfs, seed.epoch, distro.volatile_files,
-                                           skip=tuple(folder for folder, _, _ in caches),
-                                           volatile_dirs=distro.volatile_dirs)
-        runner.note(log, f"tree normalised: {done['removed']} volatile files removed, {done['clamped']} file "
-                         f"times clamped to SOURCE_DATE_EPOCH={seed.epoch}")
-    moved = reproducible.keep_caches_fresh(rootfs, distro.fresh_caches)
-    if moved:
-        runner.note(log, f"{moved} cache inputs made older than their caches "
-                         f"({', '.join(distro.fresh_caches)})")
-    partition(raw, recipe.disk.size_bytes, layout, log)
-    caches_written(caches, rootfs, seed)
-    root = layout.get("root")
-    ext = f"offset={root.offset}" + (f",hash_seed={seed.uuid('filesystem/root/hash-seed')}" if seed else "")
-    runner.run(["mkfs.ext4", "-F", "-q", "-L", "rootfs", "-U", layout.root_uuid, "-E", ext,
-                "-d", rootfs, raw, f"{root.size * SECTOR // 1024}k"], log=log,
-               env={"E2FSPROGS_FAKE_TIME": str(seed.epoch)} if seed else None)
-    if seed:
-        reproducible.pin_inode_times(f"{raw}?offset={root.offset}", seed.epoch, work, log)
-    esp = layout.get("esp")
-    if esp:
-        # --invariant: the volume label's time is a constant (mkfs.fat ignores SOURCE_DATE_EPOCH for it). It also
-        # sets the volume id to 1234-ABCD, so it must come before -i: mkfs.fat applies its options in order, and
-        # fstab mounts /boot/efi by this id
-        runner.run(["mkfs.fat", "-F", "32", "-s", "1", "-n", "ESP", *(["--invariant"] if seed else []),
-                    "-i", layout.esp_id, "--offset", str(esp.start), raw, str(esp.size * SECTOR // 1024)],
-                   log=log, env=when or None)
-        target = f"{raw}@@{esp.offset}"
-        env = {"MTOOLS_SKIP_CHECK": "1", **when}
-        if seed:
-            os.utime(images["uefi"], (seed.epoch, seed.epoch))
-        runner.run(["mmd", "-i", target, "::/EFI", "::/EFI/BOOT"], env=env, log=log)
-        runner.run(["mcopy", "-m", "-i", target, images["uefi"], f"::/EFI/BOOT/{images['uefi'].name}"], env=env,
-                   log=log)
-    bios = layout.get("bios")
-    if bios:
-        embed_grub_bios(raw, images["bios"], images["boot"], bios)
 
 
 def convert(raw: Path, out: Path, fmt: str, compression: str, log: Optional[Path] = None,
