@@ -199,6 +199,8 @@ def test_native_build_makes_one_zstd_initramfs_and_ships_first_boot_caches(minim
             mtime["/etc/default/keyboard"], mtime["/etc/default/console-setup"]), mtime
         assert r.read("/etc/.updated").startswith("# This file was created by systemd-update-done")
         assert "set timeout=0" in r.read("/boot/grub/grub.cfg")
+        # a console image is often run headless: GRUB's menu stays reachable from the serial port
+        assert "\nterminal_input console serial\n" in r.read("/boot/grub/grub.cfg")
         unit = r.read("/etc/systemd/system/diskimages-ssh-keygen.service")
         assert "CPUSchedulingPolicy=idle" in unit and "After=display-manager.service" in unit
         assert r.read("/var/lib/dpkg/info/man-db.list") == "" or r.exists("/var/lib/man-db/auto-update")

@@ -30,5 +30,10 @@ def test_default_desktop_image_boots_to_the_autologin_desktop(tmp_path):
     from PIL import Image
     img = Image.open(check.screenshot)
     assert img.size[0] >= 640 and len(img.convert("RGB").getcolors(1 << 20)) >= 256
+    # GRUB reads the keyboard only: the serial port among its inputs costs 3 s of every boot
+    from diskimages.inspect import ImageReader
+    with ImageReader(res.image) as r:
+        assert "\nterminal_input console\n" in r.read("/boot/grub/grub.cfg")
+        assert 'GRUB_TERMINAL_INPUT="console"' in r.read("/etc/default/grub")
     attach_boot(res, check)
     print(res.table().to_string(), check.table().to_string(), sep="\n")

@@ -114,6 +114,13 @@ def ensure_initrd(distro: Distribution, rootfs: Path, kver: str, log: Optional[P
     return f"made in {time.monotonic() - t0:.1f} s" + (" (kept for rebuilds)" if reuse_key else "")
 
 
+def grub_terminal_input(recipe: Recipe) -> str:
+    """Where GRUB reads keys. GRUB with the serial port among its inputs boots 3.0 s later (measured under TCG,
+    GRUB 2.06 and 2.12 alike, with nothing attached to the port): a desktop image, whose menu is reached from
+    the keyboard, leaves it out; a console image, often run headless, keeps it."""
+    return "console" if recipe.desktop != "none" else "console serial"
+
+
 def grub_cfg(recipe: Recipe, layout: Layout, kver: str, rootfs: Path, distro: Distribution) -> str:
     kernel, initrd = distro.kernel_path(rootfs, kver), distro.initrd_path(rootfs, kver)
     title = recipe.description or recipe.name
@@ -123,7 +130,7 @@ def grub_cfg(recipe: Recipe, layout: Layout, kver: str, rootfs: Path, distro: Di
 set timeout_style=hidden
 set timeout=0
 serial --unit=0 --speed=115200
-terminal_input console serial
+terminal_input {grub_terminal_input(recipe)}
 terminal_output console serial
 insmod part_gpt
 insmod ext2
@@ -222,7 +229,8 @@ def prepare_tree(recipe: Recipe, rootfs: Path, layout: Layout, distro: Distribut
         "GRUB_DEFAULT=0\nGRUB_TIMEOUT=0\nGRUB_TIMEOUT_STYLE=hidden\n"
         f"GRUB_DISTRIBUTOR=`lsb_release -i -s 2> /dev/null || echo {distro.grub_distributor}`\n"
         f'GRUB_CMDLINE_LINUX_DEFAULT="{recipe.kernel_cmdline}"\nGRUB_CMDLINE_LINUX="{SERIAL_CONSOLE}"\n'
-        'GRUB_TERMINAL="console serial"\nGRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n')
+        f'GRUB_TERMINAL_INPUT="{grub_terminal_input(recipe)}"\nGRUB_TERMINAL_OUTPUT="console serial"\n'
+        'GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n')
     grub_dir = rootfs / "boot/grub"
     grub_dir.mkdir(parents=True, exist_ok=True)
     for target in boot_targets(recipe, distro):

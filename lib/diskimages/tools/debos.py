@@ -35,7 +35,7 @@ ROOTSPEC=$(awk '$2=="/"{print $1}' /etc/fstab)
 sed -i -e 's|^GRUB_CMDLINE_LINUX=.*|GRUB_CMDLINE_LINUX="{console}"|' \
        -e 's|^GRUB_CMDLINE_LINUX_DEFAULT=.*|GRUB_CMDLINE_LINUX_DEFAULT="{cmdline}"|' \
        -e 's|^GRUB_TIMEOUT=.*|GRUB_TIMEOUT=0|' /etc/default/grub
-printf 'GRUB_TIMEOUT_STYLE=hidden\nGRUB_TERMINAL="console serial"\nGRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n' >> /etc/default/grub
+printf 'GRUB_TIMEOUT_STYLE=hidden\nGRUB_TERMINAL_INPUT="{terminal_input}"\nGRUB_TERMINAL_OUTPUT="console serial"\nGRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n' >> /etc/default/grub
 {bios}
 update-grub
 # no udev here means no /dev/disk/by-uuid, so grub-mkconfig fell back to the loop device's name
@@ -129,6 +129,7 @@ class Debos(DiskTool):
         bios = 'grub-install --target=i386-pc "$IMAGE"' if fw in ("bios", "both") else ""
         actions.append({"action": "run", "description": "GRUB (BIOS and UEFI)", "chroot": True,
                         "command": GRUB_SETUP.replace("{console}", disk.SERIAL_CONSOLE)
+                        .replace("{terminal_input}", disk.grub_terminal_input(r))
                         .replace("{cmdline}", r.kernel_cmdline).replace("{bios}", bios).replace("{efi}", efi)})
         if fw in ("uefi", "both"):
             esp_no = 2 if fw == "both" else 1
