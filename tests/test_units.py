@@ -198,3 +198,31 @@ def test_the_boot_probe_finds_the_session_without_a_process_per_process(tmp_path
             proc.kill()
     found = probe.parse(out.read_bytes())
     assert found["session"] == f"uid={uid} process=xfce4-session" and "done" in found
+
+
+def test_a_build_vm_whose_kernel_panics_is_seen_at_once(tmp_path):
+    """A panicked guest never powers off, and virt-install waits for it 90 minutes: the serial watch says so as
+    the panic is printed, once, and tells QEMU's TCG int3 race (worth a second run) from other panics."""
+    import time
+    from diskimages.vmbuild import SerialWatch
+    log = tmp_path / "serial.log"
+    log.write_bytes(b"[   24.9] systemd[1]: Starting systemd-networkd-wait-online.service\r\n")
+    calls = []
+    with SerialWatch(log, on_panic=lambda: calls.append(time.monotonic())) as watch:
+        time.sleep(0.7)
+        assert watch.panic is None and not calls
+        with open(log, "ab") as f:
+            f.write(b"[   25.441201] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\r\n[   25.44] RIP: 0010:__netif_rece")
+            f.write(b"ive_skb_core\r\n[   25.443602] Kernel panic - not syncing: Fatal exception in interrupt\r\n")
+        deadline = time.monotonic() + 5
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(calls) == 1
+    assert watch.panic == "Kernel panic - not syncing: Fatal exception in interrupt" and watch.tcg_race
+    assert len(calls) == 1 and not watch.ok
+
+    other = tmp_path / "other.log"
+    other.write_bytes(b"[    3.1] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)\n")
+    with SerialWatch(other) as watch:
+        pass
+    assert watch.panic.startswith("Kernel panic - not syncing: VFS") and not watch.tcg_race
