@@ -18,6 +18,7 @@ from typing import Optional
 
 from . import probe
 from .qemu import Machine, choose_accel
+from .vmbuild import TCG_RACE_OOPS
 from .runner import signals_as_exceptions
 from .errors import Failure, InputError
 
@@ -134,8 +135,7 @@ def boot_check(image: Path | str, record: Optional[dict] = None, *, firmware: Op
     res = _attempt(image, fw, acc, why, expect, uid, timeout, backend, keep, name, progress, memory_mb, cpus,
                    use_probe, serial, shots / f"{stem}.{fw}.png")
     if not res.passed and acc == "tcg" and _tcg_int3_oops(serial):
-        # QEMU's multi-threaded TCG can run stale code while the guest kernel patches its own text (int3 in
-        # a static branch): an emulator race, not the image's fault. One more boot, said in the record.
+        # QEMU's emulator race (vmbuild.TCG_RACE_OOPS), not the image's fault: one more boot, said in the record
         first = res.reason
         os.replace(serial, serial.with_name(f"{stem}.{fw}.oops.serial.log"))
         res = _attempt(image, fw, acc, why, expect, uid, timeout, backend, keep, name, progress, memory_mb, cpus,
@@ -147,7 +147,7 @@ def boot_check(image: Path | str, record: Optional[dict] = None, *, firmware: Op
 
 def _tcg_int3_oops(serial: Path) -> bool:
     try:
-        return b"Oops: int3" in serial.read_bytes()
+        return TCG_RACE_OOPS.encode() in serial.read_bytes()
     except OSError:
         return False
 

@@ -19,6 +19,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from .. import checkers, disk, reaper, vmbuild
 from ..disk import DiskInfo
@@ -210,23 +211,19 @@ class VirtInstall(DiskTool):
         if autoinstall:
             location = str(vmbuild.fetch(location, log=state.log))
         serial = state.work / "serial.log"
-        name = f"diskimages-build-{uuid.uuid4().hex[:8]}"
         virt_type = "kvm" if state.accel.kind == "kvm" else "qemu"
         state.workaround(f"--virt-type {virt_type}: {state.accel.reason}",
                          f"installed under {vmbuild.installer_firmware(state.recipe).upper()}: the installer sets up "
                          "the boot loader of the firmware it booted with")
-        for attempt in (1, 2):
+
+        def empty_disk():
             with open(raw, "wb") as f:
                 f.truncate(state.recipe.disk.size_bytes)
-            serial.unlink(missing_ok=True)
-            watch = _run_vm(state, name, serial, "installer VM",
-                            self.installer_argv(state, name, raw, files, location, serial, virt_type,
-                                                vmbuild.osinfo_name(state.distro, state.release),
-                                                state.libvirt.network))
-            if not (attempt == 1 and _race_again(state, watch, "installer VM")):
-                break
-        if watch.panic:
-            raise Failure(f"the installer VM's kernel panicked twice ({watch.panic}):\n{watch.tail()}")
+
+        _run_vm(state, serial, "installer VM", empty_disk,
+                lambda name: self.installer_argv(state, name, raw, files, location, serial, virt_type,
+                                                 vmbuild.osinfo_name(state.distro, state.release),
+                                                 state.libvirt.network))
         return disk.raw_disk_info(raw, state.distro)
 
     def build_disk(self, state: BuildState, raw: Path) -> DiskInfo:
@@ -240,17 +237,11 @@ class VirtInstall(DiskTool):
         serial = state.work / "serial.log"
         virt_type = "kvm" if state.accel.kind == "kvm" else "qemu"
         state.workaround(f"--virt-type {virt_type}: {state.accel.reason}")
-        for attempt in (1, 2):
-            vmbuild.prepare_disk(base, raw, state.recipe.disk.size_bytes, log=state.log)
-            serial.unlink(missing_ok=True)
-            name = f"diskimages-build-{uuid.uuid4().hex[:8]}"
-            watch = _run_vm(state, name, serial, "build VM",
-                            self.argv(state, name, raw, user_data, serial, virt_type,
-                                      vmbuild.osinfo_name(state.distro, state.release), state.libvirt.network))
-            if not (attempt == 1 and _race_again(state, watch, "build VM")):
-                break
-        if watch.panic:
-            raise Failure(f"the build VM's kernel panicked twice ({watch.panic}):\n{watch.tail()}")
+        watch = _run_vm(state, serial, "build VM",
+                        lambda: vmbuild.prepare_disk(base, raw, state.recipe.disk.size_bytes, log=state.log),
+                        lambda name: self.argv(state, name, raw, user_data, serial, virt_type,
+                                               vmbuild.osinfo_name(state.distro, state.release),
+                                               state.libvirt.network))
         if not watch.ok:
             raise Failure(f"the build inside the VM failed (exit status {watch.failed or 'unknown'}; "
                                f"it did not report success):\n{watch.tail()}")
@@ -258,37 +249,38 @@ class VirtInstall(DiskTool):
         return disk.raw_disk_info(raw, state.distro)
 
 
-def _run_vm(state: BuildState, name: str, serial: Path, vm: str, argv: list[str]) -> vmbuild.SerialWatch:
-    """Run virt-install's transient domain to its end; the domain is destroyed whatever happens (libvirtd runs
-    it, not us: a kill must not orphan it) and its serial console goes into the log. A guest whose kernel
-    panics is destroyed at once (virt-install would wait for it until its own timeout) and said so."""
-    tracked = reaper.track("domain", name=name)
-    try:
-        with vmbuild.SerialWatch(serial, state.on_line, on_panic=lambda: state.libvirt.destroy(name)) as watch:
-            try:
-                run(argv, log=state.log, on_line=state.on_line)
-            except Failure:
-                if not watch.panic:
-                    raise
-    finally:
-        state.libvirt.destroy(name)
-        reaper.untrack(tracked)
-        if serial.exists():
-            with open(state.log, "ab") as f:
-                f.write(f"--- {vm} serial console ---\n".encode() + serial.read_bytes())
-    if watch.panic and not (watch.tcg_race and state.accel.kind != "kvm"):
-        raise Failure(f"the {vm}'s kernel panicked ({watch.panic}):\n{watch.tail()}")
-    return watch
-
-
-def _race_again(state: BuildState, watch: vmbuild.SerialWatch, vm: str) -> bool:
-    """Whether the VM met QEMU's multi-threaded TCG race (its kernel hit int3 in text it was patching and
-    panicked): then it runs once more, and the record says so."""
-    if not watch.panic:
-        return False
-    state.workaround(f"the {vm} ran a second time: its first kernel met QEMU's multi-threaded TCG race (int3 in "
-                     "patched kernel text) and panicked")
-    return True
+def _run_vm(state: BuildState, serial: Path, vm: str, prepare_disk: Callable[[], None],
+            argv: Callable[[str], list[str]]) -> vmbuild.SerialWatch:
+    """Prepare the disk and run virt-install's transient domain (`argv(name)`) to its end. The domain is destroyed
+    whatever happens (libvirtd runs it, not us: a kill must not orphan it) and its serial console goes into the
+    log. A guest whose kernel panics is destroyed at once (virt-install would wait for it until its own timeout)
+    and the build fails saying so; under TCG, a panic after QEMU's race (vmbuild.TCG_RACE_OOPS) gets one more run
+    on a fresh disk, recorded among the host workarounds."""
+    for attempt in (1, 2):
+        prepare_disk()
+        serial.unlink(missing_ok=True)
+        name = f"diskimages-build-{uuid.uuid4().hex[:8]}"
+        tracked = reaper.track("domain", name=name)
+        try:
+            with vmbuild.SerialWatch(serial, state.on_line, on_panic=lambda: state.libvirt.destroy(name)) as watch:
+                try:
+                    run(argv(name), log=state.log, on_line=state.on_line)
+                except Failure:
+                    if not watch.panic:
+                        raise
+        finally:
+            state.libvirt.destroy(name)
+            reaper.untrack(tracked)
+            if serial.exists():
+                with open(state.log, "ab") as f:
+                    f.write(f"--- {vm} serial console ---\n".encode() + serial.read_bytes())
+        if not watch.panic:
+            return watch
+        if attempt == 2 or not watch.tcg_race or state.accel.kind == "kvm":
+            break
+        state.workaround(f"the {vm} ran a second time: its first kernel met QEMU's multi-threaded TCG race (int3 "
+                         "in patched kernel text) and panicked")
+    raise Failure(f"the {vm}'s kernel panicked ({watch.panic}):\n{watch.tail()}")
 
 
 def preseed_argv(state: BuildState) -> list[str]:
