@@ -91,6 +91,10 @@ def test_image_contents_follow_the_recipe_and_are_clean(minimal_build):
         assert esp == [f"UUID={blkid}"]
         assert r.exists("/etc/systemd/system/multi-user.target.wants/ssh.service")
         assert r.exists("/etc/systemd/system/multi-user.target.wants/diskimages-ssh-keygen.service")
+        # /usr merged by mmdebstrap's hook, as debootstrap and mkosi do it: no usrmerge, and none of its perl
+        assert "Size: 7\n" in r.debugfs("stat /bin") and "Type: symlink" in r.debugfs("stat /bin")
+        installed = set(re.findall(r"^Package: (\S+)", r.read("/var/lib/dpkg/status"), re.M))
+        assert "usr-is-merged" in installed and not {"usrmerge", "perl", "perl-modules-5.36"} & installed
 
 
 @pytest.mark.boot

@@ -310,3 +310,30 @@ def test_an_xfce_image_gets_the_polkit_agent_its_release_starts_in_xfce():
     assert "mate-polkit" not in packages("debian-12-xfce") and "mate-polkit" not in packages("debian-13-minimal")
     ubuntu = load_checked("ubuntu-24.04-xubuntu")
     assert "mate-polkit" not in distros.get(ubuntu.distro).packages_for(ubuntu)
+
+
+def test_bookworm_names_usr_is_merged_so_no_tool_brings_usrmerge_and_perl():
+    """bookworm's init-system-helpers depends on "usrmerge | usr-is-merged": unnamed, apt takes usrmerge, whose
+    perl (46 MB) only mmdebstrap's images carried. Named, apt resolves the set without them (asked of the
+    mirror), and mmdebstrap lays /usr out merged with its own hook. trixie and Ubuntu have no such dependency."""
+    from diskimages.build import new_state
+    debian = distros.get("debian")
+    d12 = load_checked("debian-12-xfce")
+    pkgs = debian.packages_for(d12)
+    assert "usr-is-merged" in pkgs
+    for name in ("debian-13-xfce", "ubuntu-24.04-xubuntu"):
+        r = load_checked(name)
+        assert "usr-is-merged" not in distros.get(r.distro).packages_for(r)
+    rendered = {n: get_tool("mmdebstrap").render(new_state(load_checked(n), Path("W"), Path("L")))["mmdebstrap.sh"]
+                for n in ("debian-12-xfce", "debian-13-xfce")}
+    assert "--hook-dir=" in rendered["debian-12-xfce"] and "/mmdebstrap/hooks/merged-usr" in rendered["debian-12-xfce"]
+    assert "--hook-dir=" not in rendered["debian-13-xfce"]
+    state = new_state(d12, Path("W"), Path("L"))
+    try:
+        named = {p.split("=")[0] for p in debian.resolve(pkgs, state.release, "amd64", state.mirror)}
+    except RuntimeError as e:
+        pytest.skip(f"the mirror cannot be read here: {e}")
+    unnamed = {p.split("=")[0] for p in debian.resolve([p for p in pkgs if p != "usr-is-merged"], state.release,
+                                                       "amd64", state.mirror)}
+    assert {"usrmerge", "perl", "perl-modules-5.36"} <= unnamed
+    assert "usr-is-merged" in named and not {"usrmerge", "perl", "perl-modules-5.36"} & named

@@ -312,6 +312,11 @@ class Distribution:
         """Shell run in the tree after the packages are in: undoes what `bootstrap_setup_step` held back."""
         return ""
 
+    def merged_usr_by_tool(self, release: Release) -> bool:
+        """Whether a bootstrap that starts from an empty tree lays /usr out merged itself, because the package
+        set names no package that would do it (Debian bookworm: see `usr_is_merged_declared`)."""
+        return False
+
     @contextlib.contextmanager
     def services_held(self, rootfs: Path) -> Iterator[None]:
         """While customising a tree, no package's maintainer script may start a service."""

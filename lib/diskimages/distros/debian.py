@@ -136,6 +136,22 @@ class Debian(Distribution):
     # and GDAL. xfce4 recommends mate-polkit, which starts in Xfce.
     desktop_extras = {("xfce", "trixie"): ("mate-polkit",)}
 
+    # bookworm's init-system-helpers depends on "usrmerge | usr-is-merged". Unless usr-is-merged is named, apt
+    # takes usrmerge, which converts a split /usr and brings perl and perl-modules (46 MB, 1,700 files) that the
+    # other tools' images do not have: debootstrap and mkosi lay /usr out merged and install usr-is-merged.
+    # Named here, every tool gets the same package set, and a bootstrap that starts from nothing lays /usr out
+    # merged itself (`merged_usr_by_tool`: mmdebstrap's merged-usr hook). trixie no longer has that dependency.
+    usr_is_merged_declared = ("bookworm",)
+
+    def merged_usr_by_tool(self, release: Release) -> bool:
+        return release.codename in self.usr_is_merged_declared
+
+    def packages_for(self, recipe: Recipe) -> list[str]:
+        pkgs = super().packages_for(recipe)
+        if self.merged_usr_by_tool(self.release(recipe.release)) and "usr-is-merged" not in pkgs:
+            pkgs.append("usr-is-merged")
+        return pkgs
+
     def supported_locales(self) -> dict[str, str]:
         """Debian's list of supported locales (the `locales` package's SUPPORTED file, shipped here)."""
         text = (Path(__file__).parent / "debian-locales.txt").read_text()

@@ -11,6 +11,7 @@ from typing import Optional
 import re
 
 from .. import checkers
+from ..errors import Failure
 from ..customize import render_script
 from ..runner import run
 from . import COMPONENTS, BuildState, RootfsTool
@@ -38,6 +39,13 @@ _SAME_FS = '[ "$(stat -c %d {cache})" = "$(stat -c %d "$1")" ]'
 _SYNC_IN = f'if {_SAME_FS}; then cp -al {{cache}}/. "$1"{{archives}}; else cp -a {{cache}}/. "$1"{{archives}}; fi'
 _SYNC_OUT = (f'if {_SAME_FS}; then l=-l; else l=; fi; '
              'find "$1"{archives} -maxdepth 1 -name "{glob}" -exec cp -n $l -t {cache} {{}} +')
+
+
+def merged_usr_hooks() -> Path:
+    """mmdebstrap's own merged-usr hooks, beside the program (/usr/bin/mmdebstrap: /usr/share/mmdebstrap/hooks)."""
+    program = shutil.which("mmdebstrap")
+    base = Path(program).resolve().parent.parent if program else Path("/usr")
+    return base / "share/mmdebstrap/hooks/merged-usr"
 
 
 class Mmdebstrap(RootfsTool):
@@ -80,6 +88,9 @@ class Mmdebstrap(RootfsTool):
                            ("customize", state.distro.bootstrap_finish_step())):
             if step:
                 argv.append(f"--{hook}-hook=chroot \"$1\" sh -ec {shlex.quote(step)}")
+        if state.distro.merged_usr_by_tool(state.release):
+            # /usr merged the way debootstrap does it, usr-is-merged installed, no usrmerge (nor its perl)
+            argv.append(f"--hook-dir={merged_usr_hooks()}")
         # the package manager's output in the log, each line timed (runner.run stamps it): where the time goes
         argv.append("--verbose")
         # a distribution whose archive the host does not trust by default (Ubuntu on Debian): its keyring
@@ -122,6 +133,11 @@ class Mmdebstrap(RootfsTool):
                                       f"missing {', '.join(missing)} (scripts/setup.sh installs "
                                       f"{', '.join(state.distro.keyring_packages)})" if missing else
                                       "every --keyring file exists"))
+        if state.distro.merged_usr_by_tool(state.release):
+            hooks = merged_usr_hooks()
+            there = (hooks / "setup00.sh").is_file()
+            found.append(checkers.Finding("mmdebstrap.sh", "merged-usr hook", there,
+                                          f"{hooks}" + ("" if there else " is missing (mmdebstrap's package ships it)")))
         bad = [line for line in stdin.splitlines() if not re.fullmatch(r"deb \S+://\S+ \S+( [a-z0-9-]+)+", line)]
         found.append(checkers.Finding("mmdebstrap.sh", "apt sources lines", not bad,
                                       f"not an apt line: {bad[0]}" if bad else f"{len(stdin.splitlines())} lines"))
@@ -132,6 +148,11 @@ class Mmdebstrap(RootfsTool):
             argv, stdin = self.command(state, rootfs, cache, self._indexes(state))
             # mmdebstrap's own temporary files (its gpg home, apt.conf) beside the tree, in the folder the
             # reaper tracks: in /tmp they would outlive a kill -9 (it removes them only when it exits)
+            hooks = next((a.split("=", 1)[1] for a in argv if a.startswith("--hook-dir=")), None)
+            if hooks and not Path(hooks, "setup00.sh").is_file():
+                raise Failure(f"mmdebstrap's merged-usr hook is missing ({hooks}/setup00.sh): {state.recipe.name} "
+                              f"needs it to lay /usr out merged (install mmdebstrap from {state.distro.pretty_name}'s "
+                              "package, which ships it)")
             tmp = rootfs.parent / "mmdebstrap-tmp"
             tmp.mkdir(parents=True, exist_ok=True)
             # a private mount namespace: whatever mmdebstrap mounts disappears with it, even if it is killed
