@@ -71,13 +71,14 @@ def test_every_tool_gets_the_release_updates_and_security_suites(tmp_path):
 
 
 def test_images_boot_from_an_initramfs_without_network_drivers_in_every_tool(tmp_path):
-    """The initramfs configuration (MODULES=list and a hook adding MODULES=most's classes except `net`) is in
+    """The initramfs configuration (MODULES=list and a hook adding MODULES=most's classes except network storage) is in
     the customisation every tool runs, and debos writes it before its apt action makes the initramfs."""
     debian = distros.get("debian")
     for name in ("debian-13-xfce", "debian-12-minimal", "ubuntu-24.04-xubuntu"):
         script = render_script(load_checked(name))
         assert "MODULES=list" in script and debian.INITRAMFS_HOOK in script, name
-        assert "auto_add_modules base ide scsi block ata" in script and " net" not in debian.INITRAMFS_CLASSES
+        assert "auto_add_modules base ide ata" in script and " net" not in debian.INITRAMFS_CLASSES
+        assert "copy_modules_dir kernel/drivers/scsi lpfc qla2xxx" in script and "drivers/block aoe" in script
     r = load_checked("debian-13-xfce")
     doc = yaml.safe_load(get_tool("debos").render(_state(r, tmp_path))["debos.yaml"])
     kinds = [(a["action"], a.get("description", "")) for a in doc["actions"]]
