@@ -234,6 +234,8 @@ def test_initramfs_has_the_storage_drivers_and_no_network_drivers(minimal_build)
                    b"drivers/hid/hid-generic.ko", b"drivers/pci/controller/vmd.ko",
                    b"crypto/crc32c_generic.ko"):
         assert needed in names, (needed, len(names))
+    # the root's fsck runs in the initramfs (FSTYPE named: a build cannot probe the device), not later in the boot
+    assert re.search(rb"sbin/fsck\.ext4\0", cpio) and re.search(rb"sbin/e2fsck\0", cpio)
     # local SCSI, SAS and RAID controllers and the hypervisors' disks stay
     for needed in (b"drivers/scsi/sd_mod.ko", b"drivers/scsi/hv_storvsc.ko", b"drivers/scsi/vmw_pvscsi.ko",
                    b"drivers/message/fusion/mptspi.ko", b"drivers/scsi/megaraid/megaraid_sas.ko",

@@ -115,9 +115,9 @@ def render_script(recipe: Recipe, stage: str = STAGE) -> str:
     step("keyboard")
     add(distro.keyboard_step(recipe))
 
-    if distro.initramfs_step():
+    if distro.initramfs_step(recipe):
         step("initramfs for a local disk")
-        add(distro.initramfs_step())
+        add(distro.initramfs_step(recipe))
 
     step("overlay files")
     add(f"if [ -d {STAGE}/files ]; then cp -dR --preserve=mode,timestamps,links {STAGE}/files/. /; fi")

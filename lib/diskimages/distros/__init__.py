@@ -291,7 +291,7 @@ class Distribution:
         build may copy in before its own index update (None: every build fetches its indexes)."""
         return None
 
-    def initramfs_step(self) -> str:
+    def initramfs_step(self, recipe: Recipe) -> str:
         """Shell that writes the initramfs generator's configuration for an image that boots from its own disk.
         Customisation runs it (the initramfs is made after it); tools that install the kernel before they
         customise run it before their package step too (empty: the generator's defaults)."""

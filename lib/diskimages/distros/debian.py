@@ -481,11 +481,16 @@ class Debian(Distribution):
     INITRAMFS_NETWORK_BLOCK = "aoe drbd rnbd nbd.ko rbd.ko"
     INITRAMFS_NVME_FABRICS = "target nvme-tcp.ko nvme-rdma.ko nvme-fc.ko"
 
-    def initramfs_step(self) -> str:
+    def initramfs_step(self, recipe: Recipe) -> str:
+        # FSTYPE: the fsck hook finds the root's type by probing the device, which a build does not have, so
+        # without it the initramfs has no fsck ("fsck not present") and systemd-fsck-root checks the root later,
+        # on the critical path of the boot
         conf = ("# written by diskimages: this image boots from a local disk, so the initramfs takes the drivers\n"
                 f"# MODULES=most takes except those of network storage ({self.INITRAMFS_HOOK} adds them).\n"
                 "# Set MODULES=most in a later conf.d file for a root file system on the network.\n"
-                "MODULES=list")
+                "MODULES=list\n"
+                "# the root file system's type, for the fsck the initramfs runs before mounting it\n"
+                f"FSTYPE={recipe.disk.filesystem}")
         hook = ("#!/bin/sh\n"
                 f"# written by diskimages: see {self.INITRAMFS_CONF}\n"
                 'PREREQ=""\n'

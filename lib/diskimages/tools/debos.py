@@ -98,10 +98,10 @@ class Debos(DiskTool):
                                "description": "the same suites as every tool: " + ", ".join(l.split()[2] for l in lines),
                                "command": "set -e\n" + state.distro.sources_step(lines)})
         # the kernel's packages make the initramfs in the apt action, before customisation writes this
-        if state.distro.initramfs_step():
+        if state.distro.initramfs_step(r):
             apt = next(i for i, a in enumerate(actions) if a["action"] == "apt")
             actions.insert(apt, {"action": "run", "chroot": True, "description": "the initramfs for a local disk",
-                                 "command": "set -e\n" + state.distro.initramfs_step()})
+                                 "command": "set -e\n" + state.distro.initramfs_step(r)})
         if r.files:
             actions.append({"action": "overlay", "description": "the recipe's files", "source": files_src})
         actions.append({"action": "overlay", "description": "customize.sh and the recipe's scripts (staged)",
