@@ -501,6 +501,7 @@ class Debian(Distribution):
                 "# the scsi and block classes, without SAN adapters, NVMe over fabrics and network block devices\n"
                 f"copy_modules_dir kernel/drivers/scsi {self.INITRAMFS_SAN_SCSI}\n"
                 "copy_modules_dir kernel/drivers/ufs\n"
+                "# the modules the scsi class names besides its folders, as it names them\n"
                 "manual_add_modules mptfc mptsas mptscsih mptspi zfcp\n"
                 f"copy_modules_dir kernel/drivers/block {self.INITRAMFS_NETWORK_BLOCK}\n"
                 f"copy_modules_dir kernel/drivers/nvme {self.INITRAMFS_NVME_FABRICS}\n"

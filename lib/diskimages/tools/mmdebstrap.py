@@ -48,6 +48,14 @@ def merged_usr_hooks() -> Path:
     return base / "share/mmdebstrap/hooks/merged-usr"
 
 
+def _missing_merged_usr_hook(state: BuildState) -> Optional[Path]:
+    """The merged-usr hook a build needs and this host lacks (None: not needed, or there)."""
+    if not state.distro.merged_usr_by_tool(state.release):
+        return None
+    hook = merged_usr_hooks() / "setup00.sh"
+    return None if hook.is_file() else hook
+
+
 class Mmdebstrap(RootfsTool):
     name = "mmdebstrap"
     program = "mmdebstrap"
@@ -134,25 +142,25 @@ class Mmdebstrap(RootfsTool):
                                       f"{', '.join(state.distro.keyring_packages)})" if missing else
                                       "every --keyring file exists"))
         if state.distro.merged_usr_by_tool(state.release):
-            hooks = merged_usr_hooks()
-            there = (hooks / "setup00.sh").is_file()
-            found.append(checkers.Finding("mmdebstrap.sh", "merged-usr hook", there,
-                                          f"{hooks}" + ("" if there else " is missing (mmdebstrap's package ships it)")))
+            missing = _missing_merged_usr_hook(state)
+            found.append(checkers.Finding("mmdebstrap.sh", "merged-usr hook", not missing,
+                                          f"{missing} is missing (mmdebstrap's package ships it)" if missing
+                                          else str(merged_usr_hooks())))
         bad = [line for line in stdin.splitlines() if not re.fullmatch(r"deb \S+://\S+ \S+( [a-z0-9-]+)+", line)]
         found.append(checkers.Finding("mmdebstrap.sh", "apt sources lines", not bad,
                                       f"not an apt line: {bad[0]}" if bad else f"{len(stdin.splitlines())} lines"))
         return found
 
     def bootstrap(self, state: BuildState, rootfs: Path) -> None:
+        missing = _missing_merged_usr_hook(state)
+        if missing:
+            raise Failure(f"mmdebstrap's merged-usr hook is missing ({missing}): {state.recipe.name} needs it to "
+                          f"lay /usr out merged (install mmdebstrap from {state.distro.pretty_name}'s package, "
+                          "which ships it)")
         with self.package_cache(state) as cache:
             argv, stdin = self.command(state, rootfs, cache, self._indexes(state))
             # mmdebstrap's own temporary files (its gpg home, apt.conf) beside the tree, in the folder the
             # reaper tracks: in /tmp they would outlive a kill -9 (it removes them only when it exits)
-            hooks = next((a.split("=", 1)[1] for a in argv if a.startswith("--hook-dir=")), None)
-            if hooks and not Path(hooks, "setup00.sh").is_file():
-                raise Failure(f"mmdebstrap's merged-usr hook is missing ({hooks}/setup00.sh): {state.recipe.name} "
-                              f"needs it to lay /usr out merged (install mmdebstrap from {state.distro.pretty_name}'s "
-                              "package, which ships it)")
             tmp = rootfs.parent / "mmdebstrap-tmp"
             tmp.mkdir(parents=True, exist_ok=True)
             # a private mount namespace: whatever mmdebstrap mounts disappears with it, even if it is killed
