@@ -86,6 +86,19 @@ def test_each_format_checker_refuses_a_broken_file(kind, text, run, words, tmp_p
     assert not found.ok and words in found.detail, found
 
 
+def test_ksvalidator_leaves_no_file_in_tmp(tmp_path, monkeypatch):
+    """pykickstart leaves its preprocessed copy in TMPDIR on every run; the checker must not."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    checked = tmp_path / "checked"
+    checked.mkdir()
+    (checked / "ks.cfg").write_text("text\nurl --url=http://127.0.0.1/tree\nrootpw --lock\n")
+    found = checkers.ksvalidator(checked / "ks.cfg", "ks.cfg", "F45")
+    assert found.ok, found
+    assert list(tmp.iterdir()) == [] and [p.name for p in checked.iterdir()] == ["ks.cfg"]
+
+
 def _break(monkeypatch, tool, recipe):
     """Make the tool render a configuration its own parser must refuse."""
     t = type(get_tool(tool))

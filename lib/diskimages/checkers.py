@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -70,8 +71,15 @@ def cloud_init_schema(path: Path, name: str) -> Finding:
 
 # -- pykickstart
 def ksvalidator(path: Path, name: str, version: str) -> Finding:
+    """pykickstart writes its preprocessed copy of the file to `mkstemp(suffix="-ks.cfg")` and never removes it,
+    so each check would leave a file in /tmp: it runs with TMPDIR in a folder beside the file, removed after
+    (and reaped with the check's work folder after a kill)."""
     exe = shutil.which("ksvalidator") or str(Path(sys.executable).parent / "ksvalidator")
-    return run(name, f"ksvalidator -v {version}", [exe, "-e", "-v", version, path])
+    tmp = tempfile.mkdtemp(prefix=".ksvalidator-", dir=path.parent)
+    try:
+        return run(name, f"ksvalidator -v {version}", [exe, "-e", "-v", version, path], env={"TMPDIR": tmp})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def kickstart_version(release_version: str) -> str:
