@@ -57,7 +57,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
-.venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+# ipykernel stages the kernelspec in mkdtemp(suffix="_kernels") and leaves that folder behind: it stages in
+# .venv instead, and the folder goes (a killed run's too)
+rm -rf .venv/kernelspec-staging && mkdir .venv/kernelspec-staging
+TMPDIR=$PWD/.venv/kernelspec-staging .venv/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+rm -rf .venv/kernelspec-staging
 if [ "${1:-}" != "--python-only" ]; then
   # the keyrings that verify other distributions' archives (Ubuntu's is in Debian 13 and in Debian 12's
   # bookworm-backports, enabled only for this install and removed again)
