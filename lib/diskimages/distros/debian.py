@@ -480,6 +480,14 @@ class Debian(Distribution):
                           "libfc elx efct iscsi_tcp.ko libiscsi_tcp.ko scsi_debug.ko")
     INITRAMFS_NETWORK_BLOCK = "aoe drbd rnbd nbd.ko rbd.ko"
     INITRAMFS_NVME_FABRICS = "target nvme-tcp.ko nvme-rdma.ko nvme-fc.ko"
+    # the `base` class takes every root file system initramfs-tools knows (btrfs, xfs, f2fs, jfs, reiserfs, udf,
+    # NFS and what NFS uses): the image's root has one type, and the installed system keeps them all. Their
+    # folders under kernel/, removed after the classes copied them (depmod runs after the hooks); debian-12-xfce's
+    # initramfs: 15.8 MiB -> 12.7 MiB
+    INITRAMFS_ROOT_FILE_SYSTEMS = {"btrfs": "fs/btrfs", "xfs": "fs/xfs", "f2fs": "fs/f2fs", "jfs": "fs/jfs",
+                                   "reiserfs": "fs/reiserfs", "udf": "fs/udf",
+                                   "nfs": "fs/nfs fs/nfs_common fs/lockd fs/fscache fs/netfs net/sunrpc "
+                                          "net/dns_resolver"}
 
     def initramfs_step(self, recipe: Recipe) -> str:
         # FSTYPE: the fsck hook finds the root's type by probing the device, which a build does not have, so
@@ -491,6 +499,8 @@ class Debian(Distribution):
                 "MODULES=list\n"
                 "# the root file system's type, for the fsck the initramfs runs before mounting it\n"
                 f"FSTYPE={recipe.disk.filesystem}")
+        other_fs = " ".join(d for fs, dirs in self.INITRAMFS_ROOT_FILE_SYSTEMS.items()
+                            if fs != recipe.disk.filesystem for d in dirs.split())
         hook = ("#!/bin/sh\n"
                 f"# written by diskimages: see {self.INITRAMFS_CONF}\n"
                 'PREREQ=""\n'
@@ -507,7 +517,9 @@ class Debian(Distribution):
                 f"copy_modules_dir kernel/drivers/nvme {self.INITRAMFS_NVME_FABRICS}\n"
                 "manual_add_modules vmd\n"
                 "# mkinitramfs resolved the modules' hidden dependencies before the hooks ran\n"
-                "hidden_dep_add_modules")
+                "hidden_dep_add_modules\n"
+                f"# root file systems other than this image's ({recipe.disk.filesystem}), which the base class took\n"
+                f'for d in {other_fs}; do rm -rf "${{DESTDIR}}/lib/modules/${{version}}/kernel/$d"; done')
         return write_file(self.INITRAMFS_CONF, conf) + write_file(self.INITRAMFS_HOOK, hook, "0755")
 
     # -- customisation steps
