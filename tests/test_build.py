@@ -256,11 +256,11 @@ def test_initramfs_has_the_storage_drivers_and_no_network_drivers(minimal_build)
 
 
 def test_lean_image_has_no_docs_but_keeps_licences(minimal_build, tmp_path):
-    """`lean: true`: no man pages or documentation, translations only for the locale's language, licence files
+    """`lean: true`: no man pages or documentation, translations and a charmap only for the locale, licence files
     kept (the manifest's licences are the same), a smaller root, and dpkg keeps the rule for later installs."""
     from diskimages.build import build
     from diskimages.tools import load_checked
-    recipe = load_checked("debian-12-minimal").model_copy(update={"lean": True})
+    recipe = load_checked("debian-12-minimal").model_copy(update={"lean": True, "locale": "en_US.UTF-8"})
     lean = build(recipe, "mmdebstrap", tmp_path, progress=False)
     rec, full = lean.record, minimal_build.record
     assert rec["lean"] is True and full["lean"] is False
@@ -271,7 +271,13 @@ def test_lean_image_has_no_docs_but_keeps_licences(minimal_build, tmp_path):
         assert r.listdir("/usr/share/man") == [] and r.listdir("/usr/share/info") == []
         assert set(r.listdir("/usr/share/doc/bash")) == {"copyright"}
         assert "path-exclude=/usr/share/doc/*" in r.read("/etc/dpkg/dpkg.cfg.d/90-diskimages-lean")
-        assert [x for x in r.listdir("/usr/share/locale") if not x.startswith("en") and x != "locale.alias"] == []
+        assert set(r.listdir("/usr/share/locale")) <= {"en", "en_US", "locale.alias"}, r.listdir("/usr/share/locale")
+        # one charmap is left, and locale-gen made the recipe's locale from it
+        assert r.listdir("/usr/share/i18n/charmaps") == ["UTF-8.gz"]
+        r.debugfs(f"dump /usr/lib/locale/locale-archive {r.tmp}/locale-archive")
+        assert b"en_US.utf8" in (r.tmp / "locale-archive").read_bytes()
+    with ImageReader(minimal_build.image) as r:
+        assert len(r.listdir("/usr/share/i18n/charmaps")) > 100
 
 
 def test_reuse_from_pulls_the_published_image_with_the_same_content_key(minimal_build, tmp_path, monkeypatch):

@@ -103,7 +103,13 @@ def test_lean_rule_is_one_for_every_tool_and_keeps_licences(tmp_path):
     r = load_checked("debian-13-xfce").model_copy(update={"lean": True})
     script = render_script(r)
     assert "path-exclude=/usr/share/doc/*" in script and "path-include=/usr/share/doc/*/copyright" in script
-    assert "path-include=/usr/share/locale/en/*" in script
+    assert "path-include=/usr/share/locale/en/*" in script and "path-include=/usr/share/locale/en_US/*" in script
+    assert "/usr/share/locale/en_*" not in script                      # en_GB's translations are not read
+    assert "path-exclude=/usr/share/i18n/charmaps/*" in script
+    assert "path-include=/usr/share/i18n/charmaps/UTF-8.gz" in script  # locale-gen can make en_US.UTF-8 again
+    latin1 = render_script(r.model_copy(update={"locale": "de_DE"}))
+    assert "path-include=/usr/share/i18n/charmaps/ISO-8859-1.gz" in latin1, latin1
+    assert "path-include=/usr/share/locale/de_DE/*" in latin1
     assert "! -name copyright -delete" in script
     argv, _ = get_tool("mmdebstrap").command(_state(r, tmp_path), tmp_path / "root", tmp_path / "cache")
     hook = next(a for a in argv if a.startswith("--essential-hook="))

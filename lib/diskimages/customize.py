@@ -194,7 +194,7 @@ def render_script(recipe: Recipe, stage: str = STAGE) -> str:
         add(f"(cd / && {STAGE}/scripts/{i} )")
 
     if recipe.lean:
-        step("lean: no documentation, man pages or other languages' translations")
+        step("lean: no documentation, man pages, other languages' translations or other charsets' charmaps")
         add(distro.lean_step(recipe))
 
     step("hygiene: no machine-id, host keys, caches or logs baked in")

@@ -249,12 +249,30 @@ class Debian(Distribution):
                 "export DEBIAN_FRONTEND=noninteractive\napt-get update -q\n"
                 "apt-get -y -q -o Dpkg::Options::=--force-confold dist-upgrade\n")
 
+    def _lean_translations(self, recipe: Recipe) -> list[str]:
+        """The /usr/share/locale folders gettext reads for the recipe's locale: language, language_TERRITORY and
+        their @modifier forms (en_US keeps en and en_US, not en_GB or en@quot)."""
+        name, _, modifier = recipe.locale.partition("@")
+        base = name.split(".")[0]
+        if base in ("C", "POSIX"):
+            return []
+        names = [base.split("_")[0], base] if "_" in base else [base]
+        return names + [f"{n}@{modifier}" for n in names] if modifier else names
+
+    def _lean_charmap(self, recipe: Recipe) -> Optional[str]:
+        """The charmap locale-gen reads for the recipe's locale (none for C, which glibc carries compiled)."""
+        if recipe.locale.split(".")[0] in ("C", "POSIX"):
+            return None
+        return (self.supported_locales() or {}).get(recipe.locale, "UTF-8") + ".gz"
+
     def lean_paths(self, recipe: Recipe) -> Optional[tuple[list[str], list[str]]]:
-        lang = recipe.locale.split("_")[0].split(".")[0]
-        kept = ["/usr/share/doc/*/copyright", "/usr/share/locale/locale.alias"]   # licences: the manifest reads them
-        if lang not in ("C", "POSIX"):
-            kept += [f"/usr/share/locale/{lang}/*", f"/usr/share/locale/{lang}_*/*"]
-        return ["/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*"], kept
+        # licences stay (the manifest reads them); charmaps are what locale-gen reads to generate other locales
+        kept = ["/usr/share/doc/*/copyright", "/usr/share/locale/locale.alias"]
+        kept += [f"/usr/share/locale/{n}/*" for n in self._lean_translations(recipe)]
+        charmap = self._lean_charmap(recipe)
+        kept += [f"/usr/share/i18n/charmaps/{charmap}"] if charmap else []
+        return ["/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*",
+                "/usr/share/i18n/charmaps/*"], kept
 
     def _lean_rule(self, recipe: Recipe) -> str:
         """dpkg's form of the lean rule (path-exclude, then path-include): later installs skip those paths too."""
@@ -264,13 +282,16 @@ class Debian(Distribution):
                           "\n".join([f"path-exclude={p}" for p in excluded] + [f"path-include={p}" for p in kept]))
 
     def lean_step(self, recipe: Recipe) -> str:
-        lang = recipe.locale.split("_")[0].split(".")[0]
-        keep_locale = "" if lang in ("C", "POSIX") else f" ! -name {q(lang)} ! -name {q(lang + '_*')}"
+        keep_locale = "".join(f" ! -name {q(n)}" for n in self._lean_translations(recipe))
+        charmap = self._lean_charmap(recipe)
+        keep_charmap = f" ! -name {q(charmap)}" if charmap else ""
         return (self._lean_rule(recipe) +
                 "find /usr/share/doc -mindepth 1 -type f ! -name copyright -delete\n"
                 "find /usr/share/doc -mindepth 1 -depth -type d -empty -delete\n"
                 "rm -rf /usr/share/man/* /usr/share/info/*\n"
-                f"find /usr/share/locale -mindepth 1 -maxdepth 1 -type d{keep_locale} -exec rm -rf {{}} +\n")
+                f"find /usr/share/locale -mindepth 1 -maxdepth 1 -type d{keep_locale} -exec rm -rf {{}} +\n"
+                "[ ! -d /usr/share/i18n/charmaps ] || "
+                f"find /usr/share/i18n/charmaps -mindepth 1 -maxdepth 1{keep_charmap} -delete\n")
 
     def downloaded_in_log(self, text: str) -> Optional[tuple[int, int]]:
         # apt: "Fetched 305 MB in 1s (228 MB/s)" per run (indexes and packages); "Need to get 0 B/252 MB of
