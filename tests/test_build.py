@@ -96,6 +96,24 @@ def test_image_contents_follow_the_recipe_and_are_clean(minimal_build):
         installed = set(re.findall(r"^Package: (\S+)", r.read("/var/lib/dpkg/status"), re.M))
         assert "usr-is-merged" in installed and not {"usrmerge", "perl", "perl-modules-5.36"} & installed
 
+def test_identical_files_under_usr_share_one_inode_and_nothing_else_is_linked(minimal_build):
+    """Packages of one source ship the same changelog: under /usr the copies become links to one inode (the
+    bytes every path reads are the same); /boot's GRUB modules, copies of /usr/lib/grub's that grub-install
+    overwrites in place, stay separate files."""
+    def inode(r, path):
+        out = r.debugfs(f"stat {path}")
+        m = re.search(r"Inode: (\d+).*?Links: (\d+)", out, re.S)
+        assert m, (path, out[:200])
+        return int(m.group(1)), int(m.group(2))
+    with ImageReader(minimal_build.image) as r:
+        pam = [inode(r, f"/usr/share/doc/{p}/changelog.gz") for p in ("libpam0g", "libpam-runtime", "libpam-modules")]
+        assert len({i for i, _ in pam}) == 1 and pam[0][1] >= 3, pam
+        boot, usr = inode(r, "/boot/grub/i386-pc/normal.mod"), inode(r, "/usr/lib/grub/i386-pc/normal.mod")
+        assert boot[0] != usr[0] and boot[1] == usr[1] == 1, (boot, usr)
+    log = minimal_build.image.with_suffix(".log").read_text()
+    assert re.search(r"identical files under /usr linked \(hardlink\): [1-9]\d* files", log)
+
+
 
 @pytest.mark.boot
 @pytest.mark.parametrize("firmware", ["bios", "uefi"])

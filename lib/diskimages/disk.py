@@ -212,6 +212,35 @@ def plan_layout(recipe: Recipe, seed: Optional[Seed] = None) -> Layout:
     return Layout(parts, root_uuid=seed.uuid("filesystem/root"), esp_id=seed.fat_id(), disk_id=seed.uuid("disk"))
 
 
+def link_identical_files(rootfs: Path, distro: Distribution, log: Optional[Path] = None) -> None:
+    """One inode for the files under /usr that are the same in content, mode, owner, time and extended
+    attributes (util-linux `hardlink`): packages built from one source ship the same changelogs and NEWS files,
+    already compressed, 1441 files and 9.5 MiB of debian-12-xfce. Every path keeps its bytes and metadata. Only
+    /usr, where files change by being replaced (dpkg, rpm and pacman unpack beside and rename, which ends the
+    link): in /etc a user's edit in place, and in /boot grub-install's copy over /usr/lib/grub's modules, would
+    write through to the other names. The folders a cache being made records (fonts) are left alone, and the
+    times of the folders hardlink changes are put back, so the image stays bit-identical."""
+    exe = shutil.which("hardlink")
+    if not exe:
+        runner.note(log, "hardlink (util-linux) is not installed: identical files under /usr stay copies")
+        return
+    usr = rootfs / "usr"
+    times = {}
+    for folder, _, _ in os.walk(usr):
+        st = os.lstat(folder)
+        times[folder] = (st.st_atime_ns, st.st_mtime_ns)
+    skip = [f"^{re.escape(str(rootfs / rel))}/" for cache in distro.regenerated_caches.values()
+            for rel in cache.inputs if rel.startswith("usr/")]
+    out = runner.run([exe, "--respect-xattrs", *[a for r in skip for a in ("--exclude", r)], usr], capture=True)
+    for folder, (atime, mtime) in times.items():
+        if os.lstat(folder).st_mtime_ns != mtime:
+            os.utime(folder, ns=(atime, mtime), follow_symlinks=False)
+    linked = re.search(r"Linked:\s*(\d+)", out)
+    saved = re.search(r"Saved:\s*([\d.]+ \w+)", out)
+    runner.note(log, f"identical files under /usr linked (hardlink): {linked.group(1) if linked else '?'} files, "
+                     f"{saved.group(1) if saved else '?'} saved")
+
+
 def prepare_tree(recipe: Recipe, rootfs: Path, layout: Layout, distro: Distribution,
                  log: Optional[Path] = None, seed: Optional[Seed] = None, tree_key: Optional[str] = None) -> str:
     """Boot configuration inside the tree: fstab, /etc/default/grub, /boot/grub/grub.cfg and GRUB's modules."""
@@ -359,6 +388,7 @@ def assemble(recipe: Recipe, rootfs: Path, raw: Path, work: Path, log: Optional[
                                                volatile_dirs=distro.volatile_dirs)
             runner.note(log, f"tree normalised: {done['removed']} volatile files removed, {done['clamped']} file "
                              f"times clamped to SOURCE_DATE_EPOCH={seed.epoch}")
+        link_identical_files(rootfs, distro, log)
         moved = reproducible.keep_caches_fresh(rootfs, distro.fresh_caches)
         if moved:
             runner.note(log, f"{moved} cache inputs made older than their caches "
