@@ -336,3 +336,56 @@ def test_a_kernels_depmod_starts_once_its_modules_are_unpacked_and_is_not_run_tw
     subprocess.run([str(stub_path), "6.12.0-amd64"], check=True, timeout=5)
     done = subprocess.run(["sh", "-ec", wait], capture_output=True, text=True, timeout=10)
     assert "waited for 2 depmod runs" in done.stdout and calls.read_text() == "6.12.0-amd64\n" * 2
+
+
+def _tree_with_copies(root: Path) -> dict:
+    """A small /usr with two identical changelogs, a third of other time, identical fonts and one /etc copy."""
+    import os
+    files = {"usr/share/doc/a/changelog.gz": 1_600_000_000, "usr/share/doc/b/changelog.gz": 1_600_000_000,
+             "usr/share/doc/c/changelog.gz": 1_700_000_000, "usr/share/fonts/x/f1.ttf": 1_600_000_000,
+             "usr/share/fonts/x/f2.ttf": 1_600_000_000, "etc/a.conf": 1_600_000_000,
+             "etc/b.conf": 1_600_000_000}
+    for rel, t in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"same bytes" * 1000)
+        os.utime(p, (t, t))
+    for d in sorted({p.parent for p in (root / r for r in files)} | {root / "usr/share/doc", root / "usr/share"}):
+        os.utime(d, (1_500_000_000, 1_500_000_000))
+    return files
+
+
+def test_identical_files_under_usr_are_linked_with_their_folders_times_kept(tmp_path):
+    """hardlink links /usr's identical files of the same time; a file of another time, the font folders a cache
+    records and /etc keep their own inodes; the folders' times are the same as before."""
+    from diskimages.disk import link_identical_files
+    root = tmp_path / "tree"
+    _tree_with_copies(root)
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_dir()}
+    link_identical_files(root, distros.get("debian"), tmp_path / "log")
+    st = lambda rel: (root / rel).stat()
+    assert st("usr/share/doc/a/changelog.gz").st_ino == st("usr/share/doc/b/changelog.gz").st_ino
+    assert st("usr/share/doc/c/changelog.gz").st_ino != st("usr/share/doc/a/changelog.gz").st_ino
+    assert st("usr/share/fonts/x/f1.ttf").st_ino != st("usr/share/fonts/x/f2.ttf").st_ino
+    assert st("etc/a.conf").st_ino != st("etc/b.conf").st_ino
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert "identical files under /usr linked (hardlink): 1 files" in (tmp_path / "log").read_text()
+
+
+def test_a_hardlink_with_other_options_leaves_copies_and_says_so(tmp_path, monkeypatch):
+    """The hardlink before util-linux's has no --respect-xattrs: the build goes on with the copies."""
+    from diskimages.disk import link_identical_files
+    root = tmp_path / "tree"
+    _tree_with_copies(root)
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_dir()}
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "hardlink").write_text("#!/bin/sh\necho 'hardlink: unrecognized option --respect-xattrs' >&2\n"
+                                      "exit 1\n")
+    (bin_dir / "hardlink").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    link_identical_files(root, distros.get("debian"), tmp_path / "log")
+    doc = root / "usr/share/doc"
+    assert (doc / "a/changelog.gz").stat().st_ino != (doc / "b/changelog.gz").stat().st_ino
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert "hardlink failed, identical files under /usr stay copies" in (tmp_path / "log").read_text()

@@ -224,6 +224,7 @@ def link_identical_files(rootfs: Path, distro: Distribution, log: Optional[Path]
     if not exe:
         runner.note(log, "hardlink (util-linux) is not installed: identical files under /usr stay copies")
         return
+    t0 = time.monotonic()
     usr = rootfs / "usr"
     times = {}
     for folder, _, _ in os.walk(usr):
@@ -231,14 +232,20 @@ def link_identical_files(rootfs: Path, distro: Distribution, log: Optional[Path]
         times[folder] = (st.st_atime_ns, st.st_mtime_ns)
     skip = [f"^{re.escape(str(rootfs / rel))}/" for cache in distro.regenerated_caches.values()
             for rel in cache.inputs if rel.startswith("usr/")]
-    out = runner.run([exe, "--respect-xattrs", *[a for r in skip for a in ("--exclude", r)], usr], capture=True)
-    for folder, (atime, mtime) in times.items():
-        if os.lstat(folder).st_mtime_ns != mtime:
-            os.utime(folder, ns=(atime, mtime), follow_symlinks=False)
+    try:
+        out = runner.run([exe, "--respect-xattrs", *[a for r in skip for a in ("--exclude", r)], usr],
+                         capture=True)
+    except runner.CommandError as e:     # another hardlink (the one before util-linux's) has other options
+        runner.note(log, f"hardlink failed, identical files under /usr stay copies: {e}")
+        return
+    finally:
+        for folder, (atime, mtime) in times.items():
+            if os.lstat(folder).st_mtime_ns != mtime:
+                os.utime(folder, ns=(atime, mtime), follow_symlinks=False)
     linked = re.search(r"Linked:\s*(\d+)", out)
     saved = re.search(r"Saved:\s*([\d.]+ \w+)", out)
     runner.note(log, f"identical files under /usr linked (hardlink): {linked.group(1) if linked else '?'} files, "
-                     f"{saved.group(1) if saved else '?'} saved")
+                     f"{saved.group(1) if saved else '?'} saved, in {time.monotonic() - t0:.2f} s")
 
 
 def prepare_tree(recipe: Recipe, rootfs: Path, layout: Layout, distro: Distribution,
