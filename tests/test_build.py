@@ -273,6 +273,47 @@ def test_initramfs_has_the_storage_drivers_and_no_network_drivers(minimal_build)
         sorted(n for n in names if n.startswith(b"fs/"))
 
 
+def _after_uncompressed_cpios(data: bytes) -> int:
+    """Where the compressed part of an initramfs starts: after its uncompressed newc archives (early microcode,
+    compressed modules) and the zeros that pad them."""
+    pos = 0
+    while data[pos:pos + 6] == b"070701":
+        while True:
+            namesize, filesize = int(data[pos + 94:pos + 102], 16), int(data[pos + 54:pos + 62], 16)
+            name = data[pos + 110:pos + 110 + namesize - 1]
+            pos = (pos + 110 + namesize + 3) & ~3
+            pos = (pos + filesize + 3) & ~3
+            if name == b"TRAILER!!!":
+                break
+        while pos < len(data) and data[pos] == 0:
+            pos += 1
+    return pos
+
+
+def test_trixie_initramfs_has_its_root_file_system_and_no_others(tmp_path):
+    """initramfs-tools 0.148 (trixie) queues the modules the hooks name and copies them after the hooks, and puts
+    compressed modules (.ko.xz) in an uncompressed cpio before the zstd one: the other root file systems must
+    leave the queue there, not only the initramfs tree as on bookworm."""
+    import zstandard
+    from diskimages.build import build
+    res = build("debian-13-minimal", "mmdebstrap", tmp_path, progress=False)
+    kver = res.record["kernel"]
+    with ImageReader(res.image) as r:
+        r.debugfs(f"dump /boot/initrd.img-{kver} {r.tmp}/initrd")
+        data = (r.tmp / "initrd").read_bytes()
+    start = _after_uncompressed_cpios(data)
+    assert data[start:start + 4] == ZSTD_MAGIC, data[start:start + 8]
+    everything = data[:start] + zstandard.ZstdDecompressor().decompressobj().decompress(data[start:])
+    names = set(re.findall(rb"/kernel/([\w/.+-]+?\.ko)(?:\.xz|\.zst)?\0", everything))
+    for needed in (b"fs/ext4/ext4.ko", b"drivers/block/virtio_blk.ko", b"drivers/ata/ahci.ko",
+                   b"drivers/nvme/host/nvme.ko", b"drivers/scsi/sd_mod.ko"):
+        assert needed in names, (needed, len(names))
+    assert not [n for n in names if n.startswith((b"fs/btrfs/", b"fs/xfs/", b"fs/f2fs/", b"fs/nfs",
+                                                  b"net/sunrpc/", b"drivers/net/"))], \
+        sorted(n for n in names if n.startswith((b"fs/", b"net/")))
+    assert len(names) > 300, len(names)
+
+
 def test_lean_image_has_no_docs_but_keeps_licences(minimal_build, tmp_path):
     """`lean: true`: no man pages or documentation, translations and a charmap only for the locale, licence files
     kept (the manifest's licences are the same), a smaller root, and dpkg keeps the rule for later installs."""

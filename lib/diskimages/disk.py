@@ -383,8 +383,9 @@ def assemble(recipe: Recipe, rootfs: Path, raw: Path, work: Path, log: Optional[
     distro, _ = distros.for_recipe(recipe)
     layout = plan_layout(recipe, seed)
     when = seed.env() if seed else {}
-    # the pool lives until the disk is made: fc-cache's closing sleep overlaps mkfs (`caches_written`)
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # the pool lives until the disk is made: fc-cache's closing sleep overlaps mkfs (`caches_written`), and the
+    # linking of identical files overlaps the wait for fc-cache and the partitioning
+    with ThreadPoolExecutor(max_workers=2) as pool:
         caches = start_regenerating_caches(pool, rootfs, distro, seed)
         prepare_tree(recipe, rootfs, layout, distro, log, seed, tree_key)
         images = make_grub_images(recipe, rootfs, layout, work, distro, log)
@@ -395,13 +396,14 @@ def assemble(recipe: Recipe, rootfs: Path, raw: Path, work: Path, log: Optional[
                                                volatile_dirs=distro.volatile_dirs)
             runner.note(log, f"tree normalised: {done['removed']} volatile files removed, {done['clamped']} file "
                              f"times clamped to SOURCE_DATE_EPOCH={seed.epoch}")
-        link_identical_files(rootfs, distro, log)
+        linking = pool.submit(link_identical_files, rootfs, distro, log)
         moved = reproducible.keep_caches_fresh(rootfs, distro.fresh_caches)
         if moved:
             runner.note(log, f"{moved} cache inputs made older than their caches "
                              f"({', '.join(distro.fresh_caches)})")
         partition(raw, recipe.disk.size_bytes, layout, log)
         caches_written(caches, rootfs, seed)
+        linking.result()
         root = layout.get("root")
         ext = f"offset={root.offset}" + (f",hash_seed={seed.uuid('filesystem/root/hash-seed')}" if seed else "")
         runner.run(["mkfs.ext4", "-F", "-q", "-L", "rootfs", "-U", layout.root_uuid, "-E", ext,

@@ -503,8 +503,10 @@ class Debian(Distribution):
     INITRAMFS_NVME_FABRICS = "target nvme-tcp.ko nvme-rdma.ko nvme-fc.ko"
     # the `base` class takes every root file system initramfs-tools knows (btrfs, xfs, f2fs, jfs, reiserfs, udf,
     # NFS and what NFS uses): the image's root has one type, and the installed system keeps them all. Their
-    # folders under kernel/, removed after the classes copied them (depmod runs after the hooks); debian-12-xfce's
-    # initramfs: 15.8 MiB -> 12.7 MiB
+    # modules (the folders under kernel/) go: initramfs-tools 0.142 (bookworm) has copied them when the hook
+    # ends, so they are removed from the initramfs (depmod runs after the hooks); 0.148 (trixie) only queues
+    # module names in $__MODULES_TO_ADD and copies them after the hooks, so their names leave the queue.
+    # debian-12-xfce's initramfs: 15.8 MiB -> 12.7 MiB
     INITRAMFS_ROOT_FILE_SYSTEMS = {"btrfs": "fs/btrfs", "xfs": "fs/xfs", "f2fs": "fs/f2fs", "jfs": "fs/jfs",
                                    "reiserfs": "fs/reiserfs", "udf": "fs/udf",
                                    "nfs": "fs/nfs fs/nfs_common fs/lockd fs/fscache fs/netfs net/sunrpc "
@@ -540,7 +542,14 @@ class Debian(Distribution):
                 "# mkinitramfs resolved the modules' hidden dependencies before the hooks ran\n"
                 "hidden_dep_add_modules\n"
                 f"# root file systems other than this image's ({recipe.disk.filesystem}), which the base class took\n"
-                f'for d in {other_fs}; do rm -rf "${{DESTDIR}}/lib/modules/${{version}}/kernel/$d"; done')
+                f"other_fs='{other_fs}'\n"
+                'for d in $other_fs; do rm -rf "${DESTDIR}/lib/modules/${version}/kernel/$d"; done\n'
+                'if [ -s "${__MODULES_TO_ADD:-}" ]; then\n'
+                '  kept=$( (cd "${MODULESDIR:-/lib/modules/${version}}/kernel" && find $other_fs -name "*.ko*" '
+                '2>/dev/null) |\n'
+                '    sed "s|.*/||; s|\\.ko.*||" | grep -vxF -f - "$__MODULES_TO_ADD")\n'
+                '  printf "%s\\n" "$kept" > "$__MODULES_TO_ADD"\n'
+                'fi')
         return write_file(self.INITRAMFS_CONF, conf) + write_file(self.INITRAMFS_HOOK, hook, "0755")
 
     # -- customisation steps
