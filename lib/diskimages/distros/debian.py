@@ -506,7 +506,7 @@ class Debian(Distribution):
     # modules (the folders under kernel/) go: initramfs-tools 0.142 (bookworm) has copied them when the hook
     # ends, so they are removed from the initramfs (depmod runs after the hooks); 0.148 (trixie) only queues
     # module names in $__MODULES_TO_ADD and copies them after the hooks, so their names leave the queue.
-    # debian-12-xfce's initramfs: 15.8 MiB -> 12.7 MiB
+    # debian-12-xfce's initramfs: 15.8 MiB -> 12.7 MiB; debian-13-xfce's: 22.3 MiB -> 19.2 MiB
     INITRAMFS_ROOT_FILE_SYSTEMS = {"btrfs": "fs/btrfs", "xfs": "fs/xfs", "f2fs": "fs/f2fs", "jfs": "fs/jfs",
                                    "reiserfs": "fs/reiserfs", "udf": "fs/udf",
                                    "nfs": "fs/nfs fs/nfs_common fs/lockd fs/fscache fs/netfs net/sunrpc "
