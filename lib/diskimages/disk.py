@@ -215,7 +215,7 @@ def plan_layout(recipe: Recipe, seed: Optional[Seed] = None) -> Layout:
 def link_identical_files(rootfs: Path, distro: Distribution, log: Optional[Path] = None) -> None:
     """One inode for the files under /usr that are the same in content, mode, owner, time and extended
     attributes (util-linux `hardlink`): packages built from one source ship the same changelogs and NEWS files,
-    already compressed, 1441 files and 9.5 MiB of debian-12-xfce. Every path keeps its bytes and metadata. Only
+    already compressed, 1455 files and 9.65 MiB of debian-12-xfce. Every path keeps its bytes and metadata. Only
     /usr, where files change by being replaced (package managers unpack beside and rename, which ends the
     link): in /etc a user's edit in place, and in /boot grub-install's copy over /usr/lib/grub's modules, would
     write through to the other names. The folders a cache being made records (fonts) are left alone, and the
