@@ -1,9 +1,17 @@
 """The main job: the Debian 12 Xfce recipe builds with mmdebstrap and boots to the autologin user's
 desktop, shown in a screenshot."""
+import os
+import re
+
 import pytest
 
+from diskimages import vm
 from diskimages.boot import boot_check
 from diskimages.build import attach_boot, build
+from diskimages.customize import XFCE_SESSION_FILE
+from diskimages.inspect import ImageReader
+
+SESSION_CLIENTS = ("xfwm4", "xfsettingsd", "xfce4-panel", "xfdesktop")
 
 pytestmark = [pytest.mark.build, pytest.mark.boot]
 
@@ -12,8 +20,27 @@ def test_default_desktop_image_boots_to_the_autologin_desktop(tmp_path):
     res = build("debian-12-xfce", "mmdebstrap", tmp_path, progress=False)
     assert res.record["desktop"] == "xfce" and res.record["autologin_uid"] == 1000
     assert res.record["packages"] > 350
-    check = boot_check(res.image, res.record, firmware="uefi", backend="libvirt", progress=True)
-    assert check.passed, check.reason
+    with ImageReader(res.image) as r:
+        # Xfce's failsafe session as the user's default, every client in one priority group
+        system = r.read(f"/etc/xdg/{XFCE_SESSION_FILE}")
+        assert r.read(f"/etc/skel/.config/{XFCE_SESSION_FILE}") == r.read(f"/home/user/.config/{XFCE_SESSION_FILE}")
+        user = r.read(f"/home/user/.config/{XFCE_SESSION_FILE}")
+    assert set(re.findall(r'_Priority" type="int" value="(\d+)"', user)) == {"15"}
+    assert len(set(re.findall(r'_Priority" type="int" value="(\d+)"', system))) > 1   # the package's groups
+    assert re.sub(r'value="\d+"', "", user) == re.sub(r'value="\d+"', "", system)  # nothing else changed
+    name = f"test-desktop-{os.getpid()}"
+    check = boot_check(res.image, res.record, firmware="uefi", backend="libvirt", progress=True, keep=True, name=name)
+    try:
+        assert check.passed, check.reason
+        # the session's clients started together (one group), not one group after the other (~8 s apart)
+        started = vm.ssh_run(vm.vms_dir() / name / "ssh/id_ed25519", check.ip, "; ".join(
+            f"awk '{{print $22}}' /proc/$(pgrep -u 1000 -o -x {c})/stat" for c in SESSION_CLIENTS)).stdout.split()
+    finally:
+        if check.kept:
+            vm.stop(name)
+    assert len(started) == len(SESSION_CLIENTS), started
+    ticks = [int(t) for t in started]
+    assert max(ticks) - min(ticks) < 100 * 2, dict(zip(SESSION_CLIENTS, ticks))   # clock ticks (100 per second)
     assert check.probe["session"] == "uid=1000 process=xfce4-session"
     # over SSH: the autologin user's graphical session on seat0, its Xfce session process, the network
     assert check.ssh["session_process"] == "xfce4-session"
@@ -31,7 +58,6 @@ def test_default_desktop_image_boots_to_the_autologin_desktop(tmp_path):
     img = Image.open(check.screenshot)
     assert img.size[0] >= 640 and len(img.convert("RGB").getcolors(1 << 20)) >= 256
     # GRUB reads the keyboard only: the serial port among its inputs costs 3 s of every boot
-    from diskimages.inspect import ImageReader
     with ImageReader(res.image) as r:
         assert "\nterminal_input console\n" in r.read("/boot/grub/grub.cfg")
         assert 'GRUB_TERMINAL_INPUT="console"' in r.read("/etc/default/grub")

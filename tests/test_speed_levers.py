@@ -1,14 +1,16 @@
 """The speed and size levers, checked without building: what each tool is told (one initramfs, the same suites
 for every tool, the lean rule), how downloads are counted from any tool's log, and that a lean recipe is refused
 where this project does not make lean images."""
+import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from diskimages import distros
 from diskimages.cli import main as cli_main
-from diskimages.customize import render_script
+from diskimages.customize import XFCE_SESSION_FILE, render_script
 from diskimages.tools import get_tool, load_checked, new_state
 
 REPO = Path(__file__).resolve().parent.parent
@@ -389,3 +391,46 @@ def test_a_hardlink_with_other_options_leaves_copies_and_says_so(tmp_path, monke
     assert (doc / "a/changelog.gz").stat().st_ino != (doc / "b/changelog.gz").stat().st_ino
     assert {p: p.stat().st_mtime_ns for p in before} == before
     assert "hardlink failed, identical files under /usr stay copies" in (tmp_path / "log").read_text()
+
+
+XFCE_FAILSAFE = """<channel name="xfce4-session" version="1.0">
+  <property name="sessions" type="empty">
+    <property name="Failsafe" type="empty">
+      <property name="Count" type="int" value="2"/>
+      <property name="Client0_Command" type="array">
+        <value type="string" value="xfwm4"/>
+      </property>
+      <property name="Client0_Priority" type="int" value="15"/>
+      <property name="Client1_Command" type="array">
+        <value type="string" value="xfdesktop"/>
+      </property>
+      <property name="Client1_Priority" type="int" value="35"/>
+      <property name="Client1_PerScreen" type="bool" value="false"/>
+    </property>
+  </property>
+</channel>
+"""
+
+
+@pytest.mark.parametrize("recipe,folder", [("debian-13-xfce", "/etc/xdg"), ("ubuntu-24.04-xubuntu", "/etc/xdg/xdg-xubuntu")])
+def test_xfce_session_clients_start_in_one_group_for_new_users(recipe, folder, tmp_path):
+    """The step every tool runs, on a tree laid out as the image's: the session file the display manager's session
+    reads first, copied into /etc/skel with every priority 15; a recipe's own file in /etc/skel is kept."""
+    script = render_script(load_checked(recipe))
+    start = script.index("step 'Xfce: the session components start together")
+    snippet = script[script.index("\n", start) + 1:script.index("\nstep users")]
+    for d in ("/etc/xdg", folder):
+        (tmp_path / d.lstrip("/") / XFCE_SESSION_FILE).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / d.lstrip("/") / XFCE_SESSION_FILE).write_text(
+            XFCE_FAILSAFE.replace("xfdesktop", "from " + d))
+    rooted = snippet.replace("/etc/", f"{tmp_path}/etc/")
+    subprocess.run(["sh", "-eu", "-c", rooted], check=True)
+    skel = tmp_path / "etc/skel/.config" / XFCE_SESSION_FILE
+    out = skel.read_text()
+    assert "from " + folder in out
+    assert 'Client1_Priority" type="int" value="15"' in out and 'value="35"' not in out
+    assert out == XFCE_FAILSAFE.replace("xfdesktop", "from " + folder).replace('value="35"', 'value="15"')
+    skel.write_text("the recipe's own")
+    subprocess.run(["sh", "-eu", "-c", rooted], check=True)
+    assert skel.read_text() == "the recipe's own"
+    assert "Xfce: the session" not in render_script(load_checked("debian-13-gnome"))
