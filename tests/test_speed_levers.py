@@ -412,7 +412,8 @@ XFCE_FAILSAFE = """<channel name="xfce4-session" version="1.0">
 """
 
 
-@pytest.mark.parametrize("recipe,folder", [("debian-13-xfce", "/etc/xdg"), ("ubuntu-24.04-xubuntu", "/etc/xdg/xdg-xubuntu")])
+@pytest.mark.parametrize("recipe,folder", [("debian-13-xfce", "/etc/xdg"),
+                                           ("ubuntu-24.04-xubuntu", "/etc/xdg/xdg-xubuntu")])
 def test_xfce_session_clients_start_in_one_group_for_new_users(recipe, folder, tmp_path):
     """The step every tool runs, on a tree laid out as the image's: the session file the display manager's session
     reads first, copied into /etc/skel with every priority 15; a recipe's own file in /etc/skel is kept."""

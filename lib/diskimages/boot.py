@@ -200,6 +200,8 @@ home=$(getent passwd {uid} | cut -d: -f6)
 if [ -n "$home" ] && [ -d "$home/.cache/fontconfig" ]; then echo user_font_cache=yes; else echo user_font_cache=no; fi
 echo polkit_agent=$(for d in /proc/[0-9]*; do [ "$(stat -c %u $d 2>/dev/null)" = "{uid}" ] && tr '\\0' ' ' < $d/cmdline 2>/dev/null | grep -o -m1 -E 'polkit-[a-z]+-authentication-agent-1'; done | head -1)
 echo polkitd=$(pgrep -x polkitd > /dev/null && echo yes || echo no)
+sp=$(pgrep -u {uid} -o -x '{procs}' 2>/dev/null)
+echo session_children=$([ -n "$sp" ] && for c in $(pgrep -P "$sp"); do printf '%s:%s ' "$(cat /proc/$c/comm)" "$(sed 's/.*) //' /proc/$c/stat | awk -v hz=$(getconf CLK_TCK) '{printf "%.2f", $20 / hz}')"; done)
 echo xorg_accel=$(grep -o -m1 -E 'glamor (disabled|initialized)|glamor initialization failed' /var/log/Xorg.0.log 2>/dev/null | tr ' ' _)
 echo unmounted=$(awk '!/^#/ && $2 ~ "^/" && $3 != "swap" && $4 !~ /(^|,)noauto(,|$)/ {print $2}' /etc/fstab | while read -r m; do mountpoint -q "$m" || echo "$m"; done)
 """

@@ -63,6 +63,7 @@ QEMU_VGA_XORG_PATH = "/etc/X11/xorg.conf.d/10-diskimages-qemu-vga.conf"
 #: emulation that chain left one of two vCPUs idle for ~8 s of the session's start (kernel tracing, this
 #: machine). One group starts them together, as Xfce's own Wayland failsafe session does. It is a user-level
 #: default (copied from the image's own session file into /etc/skel), so no package's configuration file changes
+XFCE_SESSIONS = ("xfce", "xubuntu")
 XFCE_SESSION_FILE = "xfce4/xfconf/xfce-perchannel-xml/xfce4-session.xml"
 XFCE_ONE_GROUP = r's/(Client[0-9]+_Priority" type="int" value=)"[0-9]+"/\1"15"/'
 
@@ -76,9 +77,6 @@ Name=en* eth*
 [Network]
 DHCP=yes
 """
-
-
-XFCE_SESSIONS = ("xfce", "xubuntu")
 
 
 def _xfce_one_group(session: str) -> str:
