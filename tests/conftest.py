@@ -38,11 +38,20 @@ def no_kept_initramfs():
     _drop_kept_initramfs()
 
 
+def _drop_kept_module_indexes():
+    """Every kept kernel module index (the tree cache's `KEY.modindex` entries) removed: depmod runs again."""
+    from diskimages.paths import cache_dir
+    for kept in cache_dir("trees").glob("*.modindex*"):
+        kept.unlink()
+
+
 @pytest.fixture(scope="session")
 def minimal_build(tmp_path_factory):
     """One real mmdebstrap build of debian-12-minimal shared by the tests that inspect and boot it. Kept
-    initramfs images are dropped first: this build makes its own (the tests count and inspect it)."""
+    initramfs images and module indexes are dropped first: this build makes its own (the tests count and
+    inspect them, and a later build of the same packages reuses them)."""
     from diskimages.build import build
     _drop_kept_initramfs()
+    _drop_kept_module_indexes()
     out = tmp_path_factory.mktemp("minimal")
     return build("debian-12-minimal", "mmdebstrap", out, progress=False)

@@ -168,8 +168,9 @@ def test_a_second_build_with_the_same_content_key_is_skipped(minimal_build):
 
 def test_two_builds_of_the_same_recipe_are_bit_identical(minimal_build, no_kept_initramfs, tmp_path):
     """The same recipe and resolved packages built again from the same cache: the same sha256 for the qcow2 and
-    for the raw disk inside it; its identifiers come from the content key and its times from the packages. When
-    they differ, the failure is diffoscope's account of why."""
+    for the raw disk inside it; its identifiers come from the content key and its times from the packages. The
+    first build ran depmod, the second copies its outputs: the same bytes either way. When they differ, the
+    failure is diffoscope's account of why."""
     from diskimages.build import build
     from diskimages.inspect import why_images_differ
     rec = minimal_build.record
@@ -178,6 +179,8 @@ def test_two_builds_of_the_same_recipe_are_bit_identical(minimal_build, no_kept_
     again = build("debian-12-minimal", "mmdebstrap", tmp_path, progress=False, rebuild=True)
     assert again.record["content_key"] == rec["content_key"] and again.record["reused"] is False
     assert again.record["initrd"].startswith("made in"), again.record["initrd"]
+    assert rec["module_index"].startswith("made by depmod for ") and "kept for rebuilds" in rec["module_index"]
+    assert again.record["module_index"].startswith("reused for "), again.record["module_index"]
     if again.record["sha256"] != rec["sha256"]:
         pytest.fail("two builds differ: " + why_images_differ(minimal_build.image, again.image), pytrace=False)
     raws = []

@@ -304,11 +304,12 @@ def test_a_kernels_depmod_starts_once_its_modules_are_unpacked_and_is_not_run_tw
     from diskimages.distros import debian
     runs, modules, calls = tmp_path / "runs", tmp_path / "modules", tmp_path / "calls"
     fake, stub_path = tmp_path / "depmod", tmp_path / "stub"
-    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    fake.write_text(f"#!/bin/sh\n[ \"$1\" = -V ] && exit 0\necho \"$@\" >> {calls}\n")
     fake.chmod(0o755)
 
     def adapt(text):
-        return (text.replace("/usr/sbin/depmod", str(fake)).replace(debian.DEPMOD_RUNS, str(runs))
+        return (text.replace("/usr/sbin/depmod", str(fake)).replace(debian.DEPMOD_OUT, str(tmp_path / "out"))
+                .replace(debian.DEPMOD_RUNS, str(runs))
                 .replace(debian.DEPMOD_STUB, str(stub_path)).replace("/lib/modules", str(modules)))
 
     def install_stub():                        # the wait removes it, as it does in the image
@@ -338,6 +339,112 @@ def test_a_kernels_depmod_starts_once_its_modules_are_unpacked_and_is_not_run_tw
     subprocess.run([str(stub_path), "6.12.0-amd64"], check=True, timeout=5)
     done = subprocess.run(["sh", "-ec", wait], capture_output=True, text=True, timeout=10)
     assert "waited for 2 depmod runs" in done.stdout and calls.read_text() == "6.12.0-amd64\n" * 2
+
+
+def test_a_kernels_module_index_is_reused_only_when_depmod_would_read_the_same(tmp_path):
+    """The dpkg hook, the stub and the wait, run for real with a stand-in depmod: a run leaves its outputs and
+    the digest of its inputs for the build to keep; staged for the next package phase, they are copied instead
+    of running depmod; a module of another size, or another depmod version, runs depmod again."""
+    import shutil
+    import subprocess
+    from diskimages.distros import debian
+    runs, modules, calls = tmp_path / "runs", tmp_path / "modules", tmp_path / "calls"
+    reuse, out = tmp_path / "reuse", tmp_path / "out"
+    fake, stub_path = tmp_path / "depmod", tmp_path / "stub"
+    version = tmp_path / "kmod-version"
+    version.write_text("kmod version 34\n")
+    fake.write_text(f"#!/bin/sh\nif [ \"$1\" = -V ]; then cat {version}; exit 0; fi\necho \"$@\" >> {calls}\n"
+                    "i=0; while [ $i -lt 100000 ]; do i=$((i + 1)); done\n"     # CPU time for the accounting
+                    f"ls {modules}/$1/kernel > {modules}/$1/modules.dep\n: > {modules}/$1/modules.alias.bin\n")
+    fake.chmod(0o755)
+
+    def adapt(text):
+        return (text.replace("/usr/sbin/depmod", str(fake)).replace(debian.DEPMOD_REUSE, str(reuse))
+                .replace(debian.DEPMOD_OUT, str(out)).replace(debian.DEPMOD_RUNS, str(runs))
+                .replace(debian.DEPMOD_STUB, str(stub_path)).replace("/lib/modules", str(modules)))
+
+    def package_phase() -> str:
+        """The kernel's modules are in: dpkg's hook, then the postinst's own depmod, then the wait."""
+        stub_path.write_text(adapt(debian._DEPMOD_STUB_TEXT))
+        stub_path.chmod(0o755)
+        subprocess.run(["sh", "-c", adapt(debian._DEPMOD_EARLY_TEXT)], check=True, timeout=10)
+        subprocess.run([str(stub_path), "6.12.0-amd64"], check=True, timeout=10)
+        done = subprocess.run(["sh", "-ec", adapt(debian._DEPMOD_WAIT)], capture_output=True, text=True, timeout=20)
+        assert done.returncode == 0, done.stderr
+        assert not reuse.exists() and not runs.exists()
+        return done.stdout
+
+    def next_build() -> Path:
+        """What the build does between package phases: keeps what the phase left and stages it for the next,
+        whose tree is fresh (no depmod outputs)."""
+        kept = tmp_path / f"kept{len(list(tmp_path.glob('kept*')))}"
+        (out / "cpu_s").unlink()
+        shutil.copytree(out, kept)
+        shutil.rmtree(out)
+        shutil.copytree(kept, reuse)
+        for f in ("modules.dep", "modules.alias.bin"):
+            (kernel / f).unlink()
+        return kept
+
+    kernel = modules / "6.12.0-amd64"
+    (kernel / "kernel").mkdir(parents=True)
+    (kernel / "kernel/ext4.ko.xz").write_bytes(b"x" * 10)
+    (kernel / "modules.order").write_text("kernel/ext4.ko\n")
+    assert "waited for 1 depmod runs" in package_phase()
+    assert calls.read_text() == "6.12.0-amd64\n"
+    assert sorted(p.name for p in (out / "6.12.0-amd64").iterdir()) == ["modules.alias.bin", "modules.dep"]
+    assert len((out / "6.12.0-amd64.inputs").read_text().strip()) == 64
+    assert float((out / "cpu_s").read_text()) >= 0.05          # depmod's CPU, which the build cannot see itself
+    made = (kernel / "modules.dep").read_bytes()
+
+    kept = next_build()
+    said = package_phase()
+    assert "waited for 0 depmod runs" in said and "6.12.0-amd64 reused from an earlier build" in said
+    assert calls.read_text() == "6.12.0-amd64\n"                          # depmod did not run
+    assert (kernel / "modules.dep").read_bytes() == made and (kernel / "modules.alias.bin").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["6.12.0-amd64.reused", "cpu_s"]
+    assert float((out / "cpu_s").read_text()) == 0
+
+    # what depmod reads changes: a module of another size, then another depmod; each time it runs again
+    for n, change in enumerate((lambda: (kernel / "kernel/ext4.ko.xz").write_bytes(b"x" * 11),
+                                lambda: version.write_text("kmod version 35\n")), start=2):
+        shutil.rmtree(out)
+        shutil.copytree(kept, out)
+        (out / "cpu_s").write_text("0.00\n")
+        (kernel / "modules.dep").write_bytes(made)
+        (kernel / "modules.alias.bin").write_bytes(b"")
+        kept = next_build()
+        change()
+        assert "waited for 1 depmod runs" in package_phase()
+        assert calls.read_text() == "6.12.0-amd64\n" * n
+        assert (out / "6.12.0-amd64.inputs").read_text() != (kept / "6.12.0-amd64.inputs").read_text()
+        assert (out / "6.12.0-amd64/modules.dep").is_file()
+
+
+def test_a_folder_is_kept_and_restored_with_its_times_and_a_damaged_entry_is_not_used(tmp_path):
+    import os
+    from diskimages import trees
+    key = "sha256:" + os.urandom(32).hex()
+    src = tmp_path / "src"
+    (src / "6.12.0-amd64").mkdir(parents=True)
+    (src / "6.12.0-amd64/modules.dep").write_text("kernel/ext4.ko:\n")
+    os.utime(src / "6.12.0-amd64/modules.dep", (1_700_000_000, 1_700_000_000))
+    (src / "6.12.0-amd64.inputs").write_text("ab" * 32 + "\n")
+    try:
+        trees.save_folder(key, "modindex", src)
+        assert trees.restore_folder(key, "modindex", tmp_path / "dest")
+        got = tmp_path / "dest/6.12.0-amd64/modules.dep"
+        assert got.read_text() == "kernel/ext4.ko:\n" and got.stat().st_mtime == 1_700_000_000
+        assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["6.12.0-amd64", "6.12.0-amd64.inputs"]
+        data, _ = trees._file_entry(key, "modindex")
+        with open(data, "r+b") as f:
+            f.seek(600)
+            f.write(b"damaged")
+        assert not trees.restore_folder(key, "modindex", tmp_path / "again")
+        assert not data.exists() and list((tmp_path / "again").iterdir()) == []
+    finally:
+        for f in trees._file_entry(key, "modindex"):
+            f.unlink(missing_ok=True)
 
 
 def _tree_with_copies(root: Path) -> dict:

@@ -268,7 +268,11 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
     @contextlib.contextmanager
     def phase(name: str):
         with timer.phase(name), bar.phase(name):
-            yield
+            before = state.detached_cpu_s
+            try:
+                yield
+            finally:
+                timer.detached += state.detached_cpu_s - before
 
     state = new_state(recipe, work, log, mirror, use_cache=use_cache, on_line=bar.line, phase=phase)
     state.content_key = key
@@ -348,6 +352,7 @@ def build(recipe: str | Path | Recipe, tool: str = "mmdebstrap", output_dir: str
                                   "reproducible_why": f"{t.name} makes the whole disk itself"}),
         **({"content_differs": "; ".join(state.content_differs)} if state.content_differs else {}),
         "incremental": state.incremental, "scratch": state.scratch, "initrd": state.initrd or None,
+        "module_index": state.module_index or None,
         "image_mtime_ns": final.stat().st_mtime_ns,
         "base": state.base.as_record() if state.base else None, "sparsified": state.sparsified,
         "autologin_uid": recipe.user_uid(recipe.autologin) if recipe.autologin else None,

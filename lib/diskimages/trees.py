@@ -116,15 +116,48 @@ def restore_file(key: str, kind: str, dest: Path) -> bool:
 
 def save_file(key: str, kind: str, src: Path) -> None:
     """Keep `src` as the `kind` file of `key` (under a temporary name until complete and checksummed)."""
+    save_bytes(key, kind, src.read_bytes())
+
+
+def save_bytes(key: str, kind: str, blob: bytes) -> None:
+    """Keep `blob` as the `kind` file of `key` (under a temporary name until complete and checksummed)."""
     data, sums = _file_entry(key, kind)
     part = data.with_name(f".{data.name}-{os.getpid()}.partial")
     part_sums = sums.with_name(f".{sums.name}-{os.getpid()}.partial")
     with reaper.temp_files(part, part_sums, what="unfinished cached file"):
-        blob = src.read_bytes()
         part.write_bytes(blob)
         part_sums.write_text(hashlib.sha256(blob).hexdigest() + "\n")
         os.replace(part, data)
         os.replace(part_sums, sums)
+
+
+def save_folder(key: str, kind: str, src: Path) -> None:
+    """Keep the files of folder `src` (and of its subfolders) as the `kind` entry of `key`: a tar made in memory,
+    with the files' modes and times."""
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(src.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                tar.add(path, arcname=str(path.relative_to(src)), recursive=False)
+    save_bytes(key, kind, buf.getvalue())
+
+
+def restore_folder(key: str, kind: str, dest: Path) -> bool:
+    """Unpack the `kind` entry of `key` into folder `dest` (made; files only, with their modes and times).
+    False when there is no usable entry."""
+    import tarfile
+    dest.mkdir(parents=True, exist_ok=True)
+    blob = dest / f".{kind}.tar"
+    if not restore_file(key, kind, blob):
+        return False
+    try:
+        with tarfile.open(blob) as tar:
+            tar.extractall(dest, filter="data")
+    finally:
+        blob.unlink(missing_ok=True)
+    return True
 
 
 def _data_of(sums: Path) -> Path:

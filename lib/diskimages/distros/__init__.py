@@ -312,6 +312,11 @@ class Distribution:
         """Shell run in the tree after the packages are in: undoes what `bootstrap_setup_step` held back."""
         return ""
 
+    #: folders inside the tree where the package phase finds an earlier build's kernel module index (depmod's
+    #: outputs, with the digest of what depmod read) and leaves its own for the build to keep; None: no reuse
+    module_index_reuse: Optional[str] = None
+    module_index_out: Optional[str] = None
+
     def merged_usr_by_tool(self, release: Release) -> bool:
         """Whether a bootstrap that starts from an empty tree lays /usr out merged itself, because the package
         set names no package that would do it (Debian bookworm: see `usr_is_merged_declared`)."""

@@ -84,6 +84,11 @@ class BuildState:
     #: tree (the initramfs) are cached under when caching is on (None: nothing is reused)
     package_key: Optional[str] = None
     initrd: str = ""
+    #: how the kernel module index (depmod's outputs) came to be, where the tool says (for the record)
+    module_index: str = ""
+    #: CPU seconds of the tool's processes that outlived their parent, so that no rusage reached this process;
+    #: the tool measures them, and the phase that ran them counts them
+    detached_cpu_s: float = 0.0
     #: the build's content key: what a rootfs tool's disk derives its identifiers and times from (None: random)
     content_key: Optional[str] = None
     #: how the disk was made reproducible, or why it was not (for the record)

@@ -3,6 +3,8 @@ the bootable disk (no VM, no loop devices). Packages are cached between builds w
 hooks, so a warm build downloads nothing."""
 from __future__ import annotations
 
+import hashlib
+import json
 import shlex
 import shutil
 from pathlib import Path
@@ -10,7 +12,7 @@ from typing import Optional
 
 import re
 
-from .. import checkers
+from .. import checkers, trees
 from ..errors import Failure
 from ..customize import render_script
 from ..runner import run
@@ -72,9 +74,10 @@ class Mmdebstrap(RootfsTool):
                               _safe_args)}
 
     def command(self, state: BuildState, rootfs: Path, cache: Path,
-                indexes: Optional[Path] = None) -> tuple[list[str], str]:
+                indexes: Optional[Path] = None, module_index: Optional[Path] = None) -> tuple[list[str], str]:
         """(argv, stdin): the mirror lines go on stdin ('-') so no mirror appears on the command line.
-        `indexes`: a folder of current package indexes to start from (`Distribution.package_index_cache`)."""
+        `indexes`: a folder of current package indexes to start from (`Distribution.package_index_cache`).
+        `module_index`: a folder of kernel module indexes an earlier build kept (`_module_index_key`)."""
         r = state.recipe
         opts = r.tool_options(self.name)
         components = opts.get("components", list(state.distro.components))
@@ -91,6 +94,11 @@ class Mmdebstrap(RootfsTool):
                 f"--setup-hook={sync_in}", f"--customize-hook={sync_out}"]
         if indexes:
             argv.append(f"--setup-hook={_INDEXES_IN.format(indexes=shlex.quote(str(indexes)))}")
+        if module_index and state.distro.module_index_reuse:
+            # after the essential packages, which make /var/tmp with its own mode, before the kernel
+            reuse = shlex.quote(state.distro.module_index_reuse)
+            argv.append(f"--essential-hook=mkdir -p \"$1\"{reuse} && "
+                        f"cp -a {shlex.quote(str(module_index))}/. \"$1\"{reuse}/")
         # what the distribution holds back while its packages install (the initramfs, index caches)
         for hook, step in (("essential", state.distro.bootstrap_setup_step(r)),
                            ("customize", state.distro.bootstrap_finish_step())):
@@ -157,8 +165,12 @@ class Mmdebstrap(RootfsTool):
             raise Failure(f"mmdebstrap's merged-usr hook is missing ({missing}): {state.recipe.name} needs it to "
                           f"lay /usr out merged (install mmdebstrap from {state.distro.pretty_name}'s package, "
                           "which ships it)")
+        key = self._module_index_key(state)
+        staged = rootfs.parent / "module-index"
+        if not (key and trees.restore_folder(key, "modindex", staged)):
+            staged = None
         with self.package_cache(state) as cache:
-            argv, stdin = self.command(state, rootfs, cache, self._indexes(state))
+            argv, stdin = self.command(state, rootfs, cache, self._indexes(state), staged)
             # mmdebstrap's own temporary files (its gpg home, apt.conf) beside the tree, in the folder the
             # reaper tracks: in /tmp they would outlive a kill -9 (it removes them only when it exits)
             tmp = rootfs.parent / "mmdebstrap-tmp"
@@ -168,3 +180,44 @@ class Mmdebstrap(RootfsTool):
                 stdin=stdin or None, log=state.log, on_line=state.on_line,
                 env={**state.distro.bootstrap_env(), "TMPDIR": str(tmp)}, stamp=True)
             shutil.rmtree(tmp, ignore_errors=True)
+        if staged:
+            shutil.rmtree(staged, ignore_errors=True)
+        state.module_index = self._keep_module_index(state, rootfs, key)
+
+    @staticmethod
+    def _module_index_key(state: BuildState) -> Optional[str]:
+        """Where a build that keeps caches keeps its kernel module indexes: one entry per distribution, release
+        and architecture (the index of the newest kernel built); what depmod read decides in the tree whether
+        an index is reused."""
+        if not (state.use_cache and state.distro.module_index_out):
+            return None
+        what = ["kernel module index", state.distro.name, state.release.codename, state.recipe.architecture]
+        return "sha256:" + hashlib.sha256(json.dumps(what).encode()).hexdigest()
+
+    @staticmethod
+    def _keep_module_index(state: BuildState, rootfs: Path, key: Optional[str]) -> str:
+        """What the package phase left about its module indexes (`Distribution.module_index_out`), kept under
+        `key` when depmod made them, then removed from the tree; returns what the record says."""
+        if not state.distro.module_index_out:
+            return ""
+        out = rootfs / state.distro.module_index_out.lstrip("/")
+        if not out.is_dir():
+            return ""
+        cpu = out / "cpu_s"
+        if cpu.is_file():
+            state.detached_cpu_s += float(cpu.read_text().strip() or 0)
+            cpu.unlink()
+        made = sorted(p.name for p in out.iterdir() if p.is_dir() and (out / f"{p.name}.inputs").is_file())
+        reused = sorted(n for n in (p.name[:-len(".reused")] for p in out.glob("*.reused")) if n not in made)
+        if made and key:
+            for marker in out.glob("*.reused"):
+                marker.unlink()
+            trees.save_folder(key, "modindex", out)
+        shutil.rmtree(out)
+        how = []
+        if made:
+            how.append(f"made by depmod for {', '.join(made)}" + (" (kept for rebuilds)" if key else ""))
+        if reused:
+            how.append(f"reused for {', '.join(reused)}: depmod's outputs from an earlier build that read the "
+                       "same modules and configuration")
+        return "; ".join(how)
