@@ -542,3 +542,44 @@ def test_xfce_session_clients_start_in_one_group_for_new_users(recipe, folder, t
     subprocess.run(["sh", "-eu", "-c", rooted], check=True)
     assert skel.read_text() == "the recipe's own"
     assert "Xfce: the session" not in render_script(load_checked("debian-13-gnome"))
+
+
+def test_what_the_package_phase_left_about_module_indexes_is_kept_counted_and_removed(tmp_path):
+    """The build's side: the runs' CPU is counted, a made index is kept for the next build (and only a made
+    one), the folder leaves the tree; a link where the folder should be, or a CPU figure that is not one, is
+    not followed or counted."""
+    import os
+    from diskimages import trees
+    from diskimages.distros import debian
+    from diskimages.tools import get_tool, load_checked, new_state
+    tool = get_tool("mmdebstrap")
+    key = "sha256:" + os.urandom(32).hex()
+    rootfs = tmp_path / "rootfs"
+    out = rootfs / debian.DEPMOD_OUT.lstrip("/")
+    state = new_state(load_checked("debian-13-minimal"), tmp_path, tmp_path / "log")
+    try:
+        (out / "6.12.0-amd64").mkdir(parents=True)
+        (out / "6.12.0-amd64/modules.dep").write_text("kernel/ext4.ko:\n")
+        (out / "6.12.0-amd64.inputs").write_text("ab" * 32 + "\n")
+        (out / "cpu_s").write_text("4.27\n")
+        how = tool._keep_module_index(state, rootfs, key)
+        assert how == "made by depmod for 6.12.0-amd64 (kept for rebuilds)" and state.detached_cpu_s == 4.27
+        assert not out.exists()
+        assert trees.restore_folder(key, "modindex", tmp_path / "kept")
+        assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["6.12.0-amd64", "6.12.0-amd64.inputs"]
+
+        out.mkdir(parents=True)
+        (out / "6.12.0-amd64.reused").write_text("")
+        (out / "cpu_s").write_text("1e9; rm -rf /\n")
+        how = tool._keep_module_index(state, rootfs, key)
+        assert how.startswith("reused for 6.12.0-amd64: ") and state.detached_cpu_s == 4.27
+
+        elsewhere = tmp_path / "host-folder"
+        elsewhere.mkdir()
+        (elsewhere / "cpu_s").write_text("9.0\n")
+        out.symlink_to(elsewhere)
+        assert tool._keep_module_index(state, rootfs, key) == "" and state.detached_cpu_s == 4.27
+        assert (elsewhere / "cpu_s").exists()
+    finally:
+        for f in trees._file_entry(key, "modindex"):
+            f.unlink(missing_ok=True)

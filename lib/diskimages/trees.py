@@ -138,9 +138,12 @@ def save_folder(key: str, kind: str, src: Path) -> None:
     import tarfile
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(src.rglob("*")):
-            if path.is_file() and not path.is_symlink():
-                tar.add(path, arcname=str(path.relative_to(src)), recursive=False)
+        for folder, dirs, files in os.walk(src):          # links are neither followed nor kept
+            dirs.sort()
+            for name in sorted(files):
+                path = Path(folder, name)
+                if path.is_file() and not path.is_symlink():
+                    tar.add(path, arcname=str(path.relative_to(src)), recursive=False)
     save_bytes(key, kind, buf.getvalue())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 import shutil
 from pathlib import Path
@@ -140,7 +141,6 @@ class Mmdebstrap(RootfsTool):
     def check(self, state: BuildState, where: Path) -> list:
         """mmdebstrap has no parser that runs without the archive: the command's keyrings must exist, the
         sources must be well-formed apt lines, and the scripts must parse (`sh -n`)."""
-        import os
         found = super().check(state, where)
         argv, stdin = self.command(state, where / "rootfs", where / "cache")
         missing = [a.split("=", 1)[1] for a in argv if a.startswith("--keyring=") and
@@ -201,12 +201,13 @@ class Mmdebstrap(RootfsTool):
         if not state.distro.module_index_out:
             return ""
         out = rootfs / state.distro.module_index_out.lstrip("/")
-        if not out.is_dir():
+        # the tree's own folder, not one a link in the tree leads to on the build host
+        if not out.is_dir() or not os.path.realpath(out).startswith(os.path.realpath(rootfs) + os.sep):
             return ""
         cpu = out / "cpu_s"
-        if cpu.is_file():
-            state.detached_cpu_s += float(cpu.read_text().strip() or 0)
-            cpu.unlink()
+        if cpu.is_file() and not cpu.is_symlink() and re.fullmatch(r"\d{1,6}(\.\d+)?", cpu.read_text().strip()):
+            state.detached_cpu_s += float(cpu.read_text())
+        cpu.unlink(missing_ok=True)
         made = sorted(p.name for p in out.iterdir() if p.is_dir() and (out / f"{p.name}.inputs").is_file())
         reused = sorted(n for n in (p.name[:-len(".reused")] for p in out.glob("*.reused")) if n not in made)
         if made and key:
