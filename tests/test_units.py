@@ -226,3 +226,22 @@ def test_a_build_vm_whose_kernel_panics_is_seen_at_once(tmp_path):
     with SerialWatch(other) as watch:
         pass
     assert watch.panic.startswith("Kernel panic - not syncing: VFS") and not watch.tcg_race
+
+
+def test_a_child_whose_starter_died_before_it_was_set_up_does_not_run(tmp_path):
+    """kill -9 between the fork and the child's set-up: the parent-death signal is armed too late to fire, so
+    die_with_parent sees that its parent is no longer the process that started it and ends the child before
+    the command runs (nothing untracked is left to outlive the build)."""
+    import subprocess
+    from diskimages import reaper
+    marker = tmp_path / "ran"
+    ok = subprocess.run(["touch", str(marker)], preexec_fn=reaper.die_with_parent)
+    assert ok.returncode == 0 and marker.exists()
+    marker.unlink()
+    saved = reaper._STARTER
+    reaper._STARTER = -1            # as if the starter had died and the child had been adopted by another
+    try:
+        late = subprocess.run(["touch", str(marker)], preexec_fn=reaper.die_with_parent)
+    finally:
+        reaper._STARTER = saved
+    assert late.returncode == -9 and not marker.exists()

@@ -136,9 +136,18 @@ _PRCTL = _find_prctl()
 
 
 def die_with_parent() -> None:
-    """preexec_fn for children: SIGKILL when the process that started them dies (even by SIGKILL)."""
+    """preexec_fn for children: SIGKILL when the process that started them dies (even by SIGKILL). A parent
+    that died between the fork and this call sends no signal (the child already has another parent, and no
+    tracking entry names it yet): the child ends itself instead of running the command."""
     if _PRCTL is not None:
         _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != _STARTER:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+#: the process whose children die_with_parent prepares: the one that imported this module (diskimages starts
+#: its children from threads, never from a forked copy of itself)
+_STARTER = os.getpid()
 
 
 # -- reaping what dead processes left
