@@ -25,24 +25,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.fast)
 
 
-def _drop_kept_initramfs():
-    """Every kept initramfs (the tree cache's `KEY.initrd` entries) removed: the next build makes its own."""
+def _drop_kept(*kinds: str):
+    """Every kept by-product of these kinds (the tree cache's `KEY.initrd`, `KEY.modindex` entries) removed: the
+    next build makes its own."""
     from diskimages.paths import cache_dir
-    for kept in cache_dir("trees").glob("*.initrd*"):
-        kept.unlink()
+    for kind in kinds:
+        for kept in cache_dir("trees").glob(f"*.{kind}*"):
+            kept.unlink()
 
 
 @pytest.fixture
 def no_kept_initramfs():
     """The test's builds make their initramfs instead of copying one kept by an earlier build."""
-    _drop_kept_initramfs()
-
-
-def _drop_kept_module_indexes():
-    """Every kept kernel module index (the tree cache's `KEY.modindex` entries) removed: depmod runs again."""
-    from diskimages.paths import cache_dir
-    for kept in cache_dir("trees").glob("*.modindex*"):
-        kept.unlink()
+    _drop_kept("initrd")
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +46,6 @@ def minimal_build(tmp_path_factory):
     initramfs images and module indexes are dropped first: this build makes its own (the tests count and
     inspect them, and a later build of the same packages reuses them)."""
     from diskimages.build import build
-    _drop_kept_initramfs()
-    _drop_kept_module_indexes()
+    _drop_kept("initrd", "modindex")
     out = tmp_path_factory.mktemp("minimal")
     return build("debian-12-minimal", "mmdebstrap", out, progress=False)

@@ -205,8 +205,9 @@ class Mmdebstrap(RootfsTool):
         if not out.is_dir() or not os.path.realpath(out).startswith(os.path.realpath(rootfs) + os.sep):
             return ""
         cpu = out / "cpu_s"
-        if cpu.is_file() and not cpu.is_symlink() and re.fullmatch(r"\d{1,6}(\.\d+)?", cpu.read_text().strip()):
-            state.detached_cpu_s += float(cpu.read_text())
+        figure = cpu.read_text().strip() if cpu.is_file() and not cpu.is_symlink() else ""
+        if re.fullmatch(r"\d{1,6}(\.\d+)?", figure):
+            state.detached_cpu_s += float(figure)
         cpu.unlink(missing_ok=True)
         made = sorted(p.name for p in out.iterdir() if p.is_dir() and (out / f"{p.name}.inputs").is_file())
         reused = sorted(n for n in (p.name[:-len(".reused")] for p in out.glob("*.reused")) if n not in made)
