@@ -526,7 +526,7 @@ def test_xfce_session_clients_start_in_one_group_for_new_users(recipe, folder, t
     reads first, copied into /etc/skel with every priority 15; a recipe's own file in /etc/skel is kept."""
     script = render_script(load_checked(recipe))
     start = script.index("step 'Xfce: the session components start together")
-    snippet = script[script.index("\n", start) + 1:script.index("\nstep users")]
+    snippet = script[script.index("\n", start) + 1:script.index("\nstep 'Xfce: the default panel layout")]
     for d in ("/etc/xdg", folder):
         (tmp_path / d.lstrip("/") / XFCE_SESSION_FILE).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / d.lstrip("/") / XFCE_SESSION_FILE).write_text(
@@ -542,6 +542,55 @@ def test_xfce_session_clients_start_in_one_group_for_new_users(recipe, folder, t
     subprocess.run(["sh", "-eu", "-c", rooted], check=True)
     assert skel.read_text() == "the recipe's own"
     assert "Xfce: the session" not in render_script(load_checked("debian-13-gnome"))
+
+
+PANEL_LAYOUT = """<channel name="xfce4-panel" version="1.0">
+  <property name="configver" type="int" value="2"/>
+  <property name="panels" type="array">
+    <value type="int" value="1"/>
+  </property>
+</channel>
+"""
+
+
+@pytest.mark.parametrize("recipe,folder", [("debian-13-xfce", "/etc/xdg"),
+                                           ("ubuntu-24.04-xubuntu", "/etc/xdg/xdg-xubuntu")])
+def test_the_panel_layout_is_new_users_channel_where_migrate_would_copy_it_as_is(recipe, folder, tmp_path):
+    """The step every tool runs, on a laid-out tree: the layout the panel's migrate helper reads first becomes
+    /etc/skel's panel channel; not when that layout is older than the current config version (migrate would
+    rewrite it), not when a panel channel exists already (a recipe's own, or a system-wide one xfconf reads)."""
+    script = render_script(load_checked(recipe))
+    start = script.index("step 'Xfce: the default panel layout")
+    snippet = script[script.index("\n", start) + 1:script.index("\nstep users")]
+    rooted = snippet.replace("/etc/", f"{tmp_path}/etc/")
+    layout = "xfce4/panel/default.xml"
+    skel = tmp_path / "etc/skel/.config/xfce4/xfconf/xfce-perchannel-xml/xfce4-panel.xml"
+    for d in ("/etc/xdg", folder):
+        (tmp_path / d.lstrip("/") / layout).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / d.lstrip("/") / layout).write_text(PANEL_LAYOUT.replace("</channel>", f"<!-- {d} -->\n</channel>"))
+    subprocess.run(["sh", "-eu", "-c", rooted], check=True)
+    assert skel.read_text() == (tmp_path / folder.lstrip("/") / layout).read_text()
+    assert "<!-- " + folder + " -->" in skel.read_text()
+
+    skel.write_text("the recipe's own")
+    subprocess.run(["sh", "-eu", "-c", rooted], check=True)
+    assert skel.read_text() == "the recipe's own"
+
+    skel.unlink()
+    (tmp_path / folder.lstrip("/") / layout).write_text(PANEL_LAYOUT.replace('value="2"', 'value="1"'))
+    subprocess.run(["sh", "-eu", "-c", rooted], check=True)
+    assert not skel.exists()
+
+    (tmp_path / folder.lstrip("/") / layout).write_text(PANEL_LAYOUT)
+    system = tmp_path / "etc/xdg/xfce4/xfconf/xfce-perchannel-xml/xfce4-panel.xml"
+    system.parent.mkdir(parents=True)
+    system.write_text(PANEL_LAYOUT)
+    subprocess.run(["sh", "-eu", "-c", rooted], check=True)
+    assert not skel.exists()
+    system.unlink()
+    subprocess.run(["sh", "-eu", "-c", rooted], check=True)
+    assert skel.read_text() == PANEL_LAYOUT
+    assert "default panel layout" not in render_script(load_checked("debian-13-gnome"))
 
 
 def test_what_the_package_phase_left_about_module_indexes_is_kept_counted_and_removed(tmp_path):
