@@ -6,7 +6,7 @@ import pytest
 
 from diskimages.boot import boot_check
 from diskimages.build import attach_boot, build
-from diskimages.customize import XFCE_SESSION_FILE
+from diskimages.customize import XFCE_PANEL_CHANNEL, XFCE_PANEL_DEFAULT, XFCE_SESSION_FILE
 from diskimages.inspect import ImageReader
 
 SESSION_CLIENTS = ("xfwm4", "xfsettingsd", "xfce4-panel", "xfdesktop")
@@ -23,6 +23,10 @@ def test_default_desktop_image_boots_to_the_autologin_desktop(tmp_path):
         system = r.read(f"/etc/xdg/{XFCE_SESSION_FILE}")
         user = r.read(f"/home/user/.config/{XFCE_SESSION_FILE}")
         assert r.read(f"/etc/skel/.config/{XFCE_SESSION_FILE}") == user
+        # the panel's default layout is the user's panel channel from the start (no first-login migration)
+        layout = r.read(f"/etc/xdg/{XFCE_PANEL_DEFAULT}")
+        assert 'name="configver" type="int" value="2"' in layout
+        assert r.read(f"/home/user/.config/{XFCE_PANEL_CHANNEL}") == layout
     assert set(re.findall(r'_Priority" type="int" value="(\d+)"', user)) == {"15"}
     assert len(set(re.findall(r'_Priority" type="int" value="(\d+)"', system))) > 1   # the package's groups
     assert re.sub(r'value="\d+"', "", user) == re.sub(r'value="\d+"', "", system)  # nothing else changed
