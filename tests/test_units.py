@@ -232,16 +232,23 @@ def test_a_child_whose_starter_died_before_it_was_set_up_does_not_run(tmp_path):
     """kill -9 between the fork and the child's set-up: the parent-death signal is armed too late to fire, so
     die_with_parent sees that its parent is no longer the process that started it and ends the child before
     the command runs (nothing untracked is left to outlive the build)."""
+    import os
     import subprocess
     from diskimages import reaper
     marker = tmp_path / "ran"
     ok = subprocess.run(["touch", str(marker)], preexec_fn=reaper.die_with_parent)
     assert ok.returncode == 0 and marker.exists()
     marker.unlink()
-    saved = reaper._STARTER
-    reaper._STARTER = -1            # as if the starter had died and the child had been adopted by another
+    real = reaper.os.getppid
+    reaper.os.getppid = lambda: 1   # as if the starter had died and the child had been adopted by init
     try:
         late = subprocess.run(["touch", str(marker)], preexec_fn=reaper.die_with_parent)
     finally:
-        reaper._STARTER = saved
+        reaper.os.getppid = real
     assert late.returncode == -9 and not marker.exists()
+    # a forked copy of a process that imported diskimages (a user's multiprocessing pool) is its children's
+    # starter: they run
+    pid = os.fork()
+    if pid == 0:
+        os._exit(subprocess.run(["touch", str(marker)], preexec_fn=reaper.die_with_parent).returncode)
+    assert os.waitpid(pid, 0)[1] == 0 and marker.exists()

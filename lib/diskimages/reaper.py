@@ -145,9 +145,16 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-#: the process whose children die_with_parent prepares: the one that imported this module (diskimages starts
-#: its children from threads, never from a forked copy of itself)
+def _note_starter() -> None:
+    global _STARTER
+    _STARTER = os.getpid()
+
+
+#: the process about to fork, noted just before every fork: the parent a child set up by die_with_parent must
+#: still have (a copy of a process that imported this module, forked by a user's multiprocessing pool, starts
+#: children of its own)
 _STARTER = os.getpid()
+os.register_at_fork(before=_note_starter)
 
 
 # -- reaping what dead processes left
